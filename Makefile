@@ -1,0 +1,57 @@
+# mmlens: two commands do everything on a fresh machine with Python 3.11.
+#   make demo   run every notebook in order on the sample world, executed copies + metrics in runs/
+#   make test   ruff + unit tests + every notebook executed in sample mode
+# Also: make bench [STAGE=01], make notebooks (refresh committed outputs), make lock.
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.mmlens-installed
+RUNS   ?= runs
+STAGE  ?=
+
+# Quiet, offline-safe defaults for every command below.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PYTHONWARNINGS := ignore
+
+.PHONY: install demo test lint unit notebooks-test notebooks bench lock clean
+
+$(STAMP): requirements/cpu.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or pass PYTHON=..."; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/cpu.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m mmlens demo --out $(RUNS)/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench *.ipynb
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not notebook" -q
+
+notebooks-test: $(STAMP)
+	$(BIN)/python -m pytest tests -m notebook -q
+
+test: lint $(STAMP)
+	$(BIN)/python -m pytest tests -q
+
+notebooks: $(STAMP)
+	$(BIN)/python -m mmlens notebooks --in-place
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(STAGE)
+
+lock: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/' > requirements/cpu.lock.tmp
+	@echo "review requirements/cpu.lock.tmp, then move it onto requirements/cpu.txt"
+
+clean:
+	rm -rf $(RUNS) data .pytest_cache

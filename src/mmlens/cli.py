@@ -1,0 +1,139 @@
+"""`python -m mmlens <command>`: the notebooks' stage functions, headless.
+
+    python -m mmlens 01                 # download + convert (sample: from the local mirror)
+    python -m mmlens 03 -o batch_size=16 -o shard="(0, 2)"
+    python -m mmlens all                # 01..09 in order
+    python -m mmlens demo --out runs/demo   # execute every notebook, print the metrics table
+    python -m mmlens serve              # run the sample mirror in the foreground
+
+Global options (``--data-dir``, ``--dataset``, ``--profile``, ``--seed``, ``--device``) override the
+``MMLENS_*`` environment variables; ``-o key=value`` passes a keyword option to the stage function
+(values are Python literals, else strings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mmlens.config import Config
+
+# stage -> (module, function): the same callables the notebooks use.
+STAGES: dict[str, tuple[str, str]] = {
+    "01": ("mmlens.movielens", "run"),
+    "02": ("mmlens.enrich", "run"),
+    "03": ("mmlens.features.image", "run"),
+    "04": ("mmlens.features.text", "run"),
+    "05": ("mmlens.feature_store", "run"),
+    "06": ("mmlens.etl", "run"),
+    "07": ("mmlens.train.hugectr_script", "run"),
+    "08": ("mmlens.train", "run_keras"),
+    "09": ("mmlens.train.ablation", "run"),
+}
+
+
+def stage_function(stage: str) -> Callable[..., Any]:
+    """The function that runs ``stage`` (imported lazily: stages pull in heavy libraries)."""
+    module, name = STAGES[stage]
+    return getattr(importlib.import_module(module), name)
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``key=value`` with value parsed as a Python literal when possible."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        return key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return key, raw
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmlens", description=__doc__.split("\n\n")[0])
+    p.add_argument("command", choices=[*STAGES, "all", "demo", "notebooks", "world", "serve"])
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--dataset")
+    p.add_argument("--profile", dest="sample_profile")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device")
+    p.add_argument("-o", "--option", action="append", type=parse_option, default=[],
+                   help="stage keyword option key=value (repeatable)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo: output directory")
+    p.add_argument("--in-place", action="store_true", help="notebooks: refresh committed outputs")
+    return p
+
+
+def run_stage(cfg: Config, stage: str, **options: Any) -> Any:
+    """Run one stage with timing output."""
+    start = time.perf_counter()
+    print(f"== stage {stage} ({cfg.dataset}, {cfg.dataset_dir})", flush=True)
+    result = stage_function(stage)(cfg, **options)
+    print(f"== stage {stage} done in {time.perf_counter() - start:.1f} s", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    cfg = Config.from_env(
+        data_dir=args.data_dir, dataset=args.dataset, sample_profile=args.sample_profile,
+        seed=args.seed, device=args.device,
+    )
+    options = dict(args.option)
+    if args.command in STAGES:
+        run_stage(cfg, args.command, **options)
+    elif args.command == "all":
+        for stage in STAGES:
+            run_stage(cfg, stage)
+    elif args.command in ("demo", "notebooks"):
+        return _notebooks(cfg, args)
+    elif args.command == "world":
+        from mmlens.sample import ensure_world
+
+        print(ensure_world(cfg))
+    elif args.command == "serve":
+        _serve(cfg)
+    return 0
+
+
+def _notebooks(cfg: Config, args: argparse.Namespace) -> int:
+    from mmlens import notebooks
+
+    if args.in_place:
+        data_dir = args.data_dir or Path("runs/notebooks/data")
+        notebooks.run_all(None, notebooks.sample_env(data_dir, cfg.sample_profile), in_place=True)
+        return 0
+    out: Path = args.out
+    data_dir = args.data_dir or out / "data"
+    env = notebooks.sample_env(data_dir, cfg.sample_profile)
+    timings = notebooks.run_all(out / "notebooks", env)
+    summary = notebooks.summary(Path(env["MMLENS_DATA_DIR"]), cfg.sample_profile, timings)
+    (out / "summary.md").write_text(summary + "\n")
+    print(summary)
+    print(f"\nexecuted notebooks and summary in {out}/")
+    return 0
+
+
+def _serve(cfg: Config) -> None:
+    from mmlens.sample import serve_sample_world
+
+    with serve_sample_world(cfg) as mirror:
+        print(f"sample mirror at {mirror.url} (Ctrl-C to stop)")
+        print(f"  MovieLens base URL: {mirror.movielens_base_url}")
+        print(f"  TMDB API base:      {mirror.tmdb_api_base}")
+        print(f"  IMDb base:          {mirror.imdb_base}")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Execute the tutorial notebooks headless, in order: used by `make demo`, `make notebooks` and tests.
+
+A notebook reads its settings from ``MMLENS_*`` environment variables (see :mod:`mmlens.config`)
+through its ``parameters`` cell, so running one in sample mode means setting those variables for the
+kernel. Executed copies keep their outputs; the committed notebooks carry the outputs of a sample run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from mmlens.artifacts import NOTEBOOKS
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def notebook_paths(root: Path = REPO_ROOT) -> list[Path]:
+    """The tutorial notebooks in execution order."""
+    return [root / name for _, name in sorted(NOTEBOOKS.items())]
+
+
+@contextmanager
+def _environ(overrides: Mapping[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def execute(
+    notebook: Path,
+    out_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: int = 1800,
+) -> float:
+    """Execute one notebook in its own directory; write the executed copy to ``out_path``.
+
+    Returns the wall time in seconds. Raises ``nbclient.exceptions.CellExecutionError`` (with the
+    failing cell and traceback) when a cell fails; the partly executed copy is still written.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(notebook, as_version=4)
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
+    )
+    start = time.perf_counter()
+    with _environ(dict(env or {})):
+        try:
+            client.execute()
+        finally:
+            if out_path is not None:
+                out_path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = out_path.with_name(f".tmp-{out_path.name}")
+                nbformat.write(nb, tmp)
+                os.replace(tmp, out_path)
+    return time.perf_counter() - start
+
+
+def sample_env(data_dir: Path, profile: str = "default") -> dict[str, str]:
+    """Environment for a headless sample-mode run."""
+    return {
+        "MMLENS_DATA_DIR": str(Path(data_dir).resolve()),
+        "MMLENS_DATASET": "sample",
+        "MMLENS_SAMPLE_PROFILE": profile,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "MPLBACKEND": "Agg",
+    }
+
+
+def run_all(out_dir: Path | None, env: Mapping[str, str], *, in_place: bool = False) -> dict[str, float]:
+    """Execute every notebook in order; executed copies go to ``out_dir`` (or back in place)."""
+    timings: dict[str, float] = {}
+    for nb in notebook_paths():
+        target = nb if in_place else Path(out_dir or ".") / nb.name
+        print(f"executing {nb.name} ...", flush=True)
+        timings[nb.name] = execute(nb, target, env)
+        print(f"  done in {timings[nb.name]:.1f} s", flush=True)
+    return timings
+
+
+def summary(data_dir: Path, profile: str, timings: Mapping[str, float]) -> str:
+    """Markdown summary of a sample run: time per notebook, then the metrics of stages 07-09."""
+    from mmlens.artifacts import path
+    from mmlens.config import Config
+
+    cfg = Config(data_dir=Path(data_dir), sample_profile=profile)
+    lines = ["| notebook | seconds |", "|---|---|"]
+    lines += [f"| {name} | {sec:.1f} |" for name, sec in timings.items()]
+    lines += ["", metrics_table(path(cfg, "metrics", stage="x").parent)]
+    return "\n".join(lines)
+
+
+def metrics_table(metrics_dir: Path) -> str:
+    """A markdown table of every numeric metric that stages 07-09 wrote as JSON."""
+    rows: list[tuple[str, str, float]] = []
+    for f in sorted(Path(metrics_dir).glob("*.json")):
+        for key, value in _flatten(json.loads(f.read_text())):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                rows.append((f.stem, key, float(value)))
+    lines = ["| stage | metric | value |", "|---|---|---|"]
+    lines += [f"| {s} | {k} | {v:.4f} |" for s, k, v in rows]
+    return "\n".join(lines)
+
+
+def _flatten(obj: object, prefix: str = "") -> Iterator[tuple[str, object]]:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, list):
+        return
+    else:
+        yield prefix, obj

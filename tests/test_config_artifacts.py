@@ -1,0 +1,62 @@
+"""Config resolution, the artifact contract and atomic writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mmlens import artifacts
+from mmlens.artifacts import MissingArtifactError, atomic_path, require
+from mmlens.config import Config
+
+
+def test_config_env_and_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MMLENS_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MMLENS_SAMPLE_PROFILE", "small")
+    monkeypatch.setenv("MMLENS_SEED", "7")
+    cfg = Config.from_env()
+    assert cfg.data_dir == tmp_path.resolve()
+    assert cfg.is_sample and cfg.seed == 7
+    assert cfg.dataset_dir == tmp_path.resolve() / "sample-small"
+    real = Config.from_env(dataset="ml-25m", seed=None)
+    assert real.dataset_dir == tmp_path.resolve() / "ml-25m" and real.seed == 7
+    assert Config.from_env(device="cpu").resolved_device() == "cpu"
+
+
+def test_every_artifact_names_a_known_notebook() -> None:
+    for art in artifacts.ARTIFACTS.values():
+        assert art.notebook.startswith(art.stage)
+
+
+def test_require_names_the_notebook(tmp_path: Path) -> None:
+    cfg = Config(data_dir=tmp_path)
+    with pytest.raises(MissingArtifactError, match="01-Download-Convert"):
+        require(cfg, "ratings")
+    with pytest.raises(MissingArtifactError, match="04-Feature-Extraction-Text|03-"):
+        require(cfg, "embeddings", modality="text")
+    p = artifacts.path(cfg, "ratings")
+    p.parent.mkdir(parents=True)
+    p.write_bytes(b"x")
+    assert require(cfg, "ratings") == p
+
+
+def test_atomic_path_keeps_old_file_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.parquet"
+    artifacts.write_parquet(pd.DataFrame({"a": [1]}), target)
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert pd.read_parquet(target)["a"].tolist() == [1]
+    assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]
+
+
+def test_atomic_path_replaces_directories(tmp_path: Path) -> None:
+    target = tmp_path / "d"
+    for content in ("one", "two"):
+        with atomic_path(target) as tmp:
+            tmp.mkdir()
+            (tmp / "f.txt").write_text(content)
+    assert (target / "f.txt").read_text() == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
