@@ -1,0 +1,50 @@
+"""What this machine can do: decided by looking, never by try/except around a crash.
+
+HugeCTR ships only in NVIDIA's Merlin HugeCTR container, and cuDF needs a GPU to import, so both are
+optional; every stage asks here before choosing an engine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+from functools import lru_cache
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be found on the path (without importing it)."""
+    return importlib.util.find_spec(module) is not None
+
+
+@lru_cache(maxsize=1)
+def gpu_count() -> int:
+    """Number of NVIDIA GPUs visible to ``nvidia-smi`` (0 without a driver)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    out = subprocess.run([smi, "-L"], capture_output=True, text=True, check=False)
+    return sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
+
+
+def has_cudf() -> bool:
+    """cuDF is usable: installed and a GPU present (it fails to import without one)."""
+    return gpu_count() > 0 and installed("cudf")
+
+
+def has_hugectr() -> bool:
+    """HugeCTR is usable: installed (Merlin container) and a GPU present."""
+    return gpu_count() > 0 and installed("hugectr")
+
+
+def report() -> dict[str, object]:
+    """A summary for notebooks and logs."""
+    return {
+        "gpus": gpu_count(),
+        "cudf": has_cudf(),
+        "hugectr": has_hugectr(),
+        "torch": installed("torch"),
+        "tensorflow": installed("tensorflow"),
+        "transformers": installed("transformers"),
+        "nvtabular": installed("nvtabular"),
+    }
