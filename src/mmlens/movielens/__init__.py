@@ -1,0 +1,218 @@
+"""Stage 01: download a MovieLens release, verify it, and convert it to the common schema.
+
+``run(cfg)`` is what notebook 01 and ``python -m mmlens 01`` call; ``describe(cfg)`` summarizes the
+converted tables for the notebook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mmlens import __version__, artifacts
+from mmlens.config import Config
+from mmlens.movielens import convert, download, extract
+from mmlens.movielens.convert import ConvertError
+from mmlens.movielens.download import (
+    ChecksumError,
+    DownloadError,
+    fetch_text,
+    file_md5,
+    recorded_md5,
+    write_md5_sibling,
+)
+from mmlens.movielens.extract import ExtractError
+from mmlens.movielens.releases import RELEASES, Release, get_release, parse_md5_file
+
+# The submodules stay reachable as ``movielens.download`` etc.; their functions are not re-exported
+# under the same names, which would shadow the modules.
+__all__ = [
+    "RELEASES", "ChecksumError", "ConvertError", "DownloadError", "ExtractError", "Release",
+    "convert", "describe", "download", "extract", "get_release", "run",
+]
+
+OUTPUTS = ("movies", "ratings", "tags", "convert_report")
+
+
+def run(
+    cfg: Config, *, base_url: str | None = None, zip_path: Path | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Download (or take ``zip_path``), verify, extract and convert ``cfg.dataset``.
+
+    Sample datasets download from the local sample mirror unless ``base_url`` or ``zip_path`` is
+    given. Work is skipped when the outputs exist and were made from a zip with the same md5.
+    Returns the conversion report (also written to the ``convert_report`` artifact).
+    """
+    release = get_release(cfg.dataset)
+    raw_dir = artifacts.path(cfg, "raw_dir")
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    dest = raw_dir / release.zip_name
+    if zip_path is not None:
+        source = _use_local_zip(release, Path(zip_path), dest, force)
+    else:
+        with _base_url(cfg, base_url) as base:
+            source = _download_release(release, base, dest, force)
+
+    previous = _previous_report(cfg)
+    if not force and previous is not None and previous.get("source", {}).get("md5") == \
+            source["md5"]:
+        print(f"{release.name}: outputs already converted from this zip (md5 {source['md5']})")
+        return previous
+
+    files = extract.extract(dest, raw_dir, release.members, optional=release.optional_members)
+    out = {name: artifacts.path(cfg, name) for name in ("movies", "ratings", "tags")}
+    tables = convert.convert(release.format, files, out)
+    report = {
+        "dataset": cfg.dataset,
+        "release": release.name,
+        "format": release.format,
+        "source": source,
+        "tables": tables,
+        "expected_mismatches": _expected_mismatches(release, cfg),
+        "outputs": {name: str(p.relative_to(cfg.dataset_dir)) for name, p in out.items()},
+        "mmlens_version": __version__,
+    }
+    artifacts.write_json(artifacts.path(cfg, "convert_report"), report)
+    _print_summary(report)
+    return report
+
+
+@contextlib.contextmanager
+def _base_url(cfg: Config, base_url: str | None) -> Iterator[str]:
+    """The base URL to download from; in sample mode the local mirror, started for the block."""
+    if base_url is not None:
+        yield base_url
+    elif cfg.is_sample:
+        from mmlens.sample import serve_sample_world
+
+        with serve_sample_world(cfg) as mirror:
+            yield mirror.movielens_base_url
+    else:
+        yield get_release(cfg.dataset).base_url
+
+
+def _download_release(release: Release, base: str, dest: Path, force: bool) -> dict[str, Any]:
+    url = release.url(base)
+    md5 = release.md5
+    md5_source = "registry"
+    if md5 is None:
+        md5_url = url + ".md5"
+        try:
+            md5 = parse_md5_file(fetch_text(md5_url), release.zip_name)
+            md5_source = md5_url
+        except (DownloadError, OSError) as exc:
+            md5 = recorded_md5(dest) if dest.is_file() and not force else None
+            if md5 is None:
+                raise DownloadError(
+                    f"cannot get the checksum {md5_url} ({exc}); pass zip_path= to use a local zip"
+                ) from exc
+            print(f"warning: {md5_url} unreachable ({exc}); using the md5 recorded beside {dest}")
+            md5_source = "recorded earlier"
+    download.download(url, dest, md5=md5, force=force)
+    return {"url": url, "md5": md5, "md5_source": md5_source, "verified": True}
+
+
+def _use_local_zip(release: Release, zip_path: Path, dest: Path, force: bool) -> dict[str, Any]:
+    """Copy a local zip into ``raw_dir``, verified against the release's published md5 or, when
+    there is none, against a ``<zip>.md5`` file beside it if present."""
+    if not zip_path.is_file():
+        raise FileNotFoundError(f"zip_path {zip_path} does not exist")
+    digest = file_md5(zip_path)
+    expected, md5_source = release.md5, "registry"
+    beside = zip_path.with_name(zip_path.name + ".md5")
+    if expected is None and beside.is_file():
+        expected, md5_source = parse_md5_file(beside.read_text(), zip_path.name), str(beside)
+    if expected is not None and digest != expected:
+        raise ChecksumError(
+            f"{zip_path} has md5 {digest}, but {release.name} is published with {expected} "
+            f"({md5_source})"
+        )
+    same_file = dest.is_file() and zip_path.resolve() == dest.resolve()
+    if not same_file and (force or not dest.is_file() or recorded_md5(dest) != digest):
+        with artifacts.atomic_path(dest) as tmp:
+            shutil.copyfile(zip_path, tmp)
+    write_md5_sibling(dest, digest)
+    return {"zip_path": str(zip_path), "md5": digest, "verified": expected is not None,
+            "md5_source": md5_source if expected else "computed (no published md5)"}
+
+
+def _previous_report(cfg: Config) -> dict[str, Any] | None:
+    if not all(artifacts.path(cfg, name).is_file() for name in OUTPUTS):
+        return None
+    try:
+        return artifacts.read_json(artifacts.path(cfg, "convert_report"))
+    except ValueError:
+        return None
+
+
+def _expected_mismatches(release: Release, cfg: Config) -> dict[str, dict[str, int]]:
+    if not release.expected:
+        return {}
+    actual = _counts(cfg)
+    return {
+        name: {"expected": want, "actual": actual[name]}
+        for name, want in release.expected.items()
+        if name in actual and actual[name] != want
+    }
+
+
+def _counts(cfg: Config) -> dict[str, int]:
+    import pyarrow.parquet as pq
+
+    ratings = pq.read_table(artifacts.path(cfg, "ratings"), columns=["userId"])
+    return {
+        "ratings": ratings.num_rows,
+        "movies": pq.read_metadata(artifacts.path(cfg, "movies")).num_rows,
+        "tags": pq.read_metadata(artifacts.path(cfg, "tags")).num_rows,
+        "users": len(np.unique(ratings["userId"].to_numpy())),
+    }
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    for name, table in report["tables"].items():
+        line = f"{name}: {table['rows_kept']:,} kept of {table['rows_read']:,} read"
+        if table["dropped"]:
+            line += "; dropped " + ", ".join(f"{n:,} {why}" for why, n in table["dropped"].items())
+        print(line)
+    for name, m in report["expected_mismatches"].items():
+        print(f"note: {name} = {m['actual']:,}, the release is documented with {m['expected']:,}")
+
+
+QUANTILES = (0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
+
+
+def describe(cfg: Config) -> dict[str, Any]:
+    """Counts the notebook shows: users, movies, ratings, tags, rating histogram, long tail."""
+    movies = pd.read_parquet(artifacts.require(cfg, "movies"))
+    ratings = pd.read_parquet(artifacts.require(cfg, "ratings"))
+    tags = pd.read_parquet(artifacts.require(cfg, "tags"), columns=["movieId"])
+    per_user = ratings.groupby("userId").size()
+    per_movie = ratings.groupby("movieId").size()
+    n_users, n_movies = int(per_user.size), int(len(movies))
+    hist = ratings["rating"].value_counts().sort_index()
+    return {
+        "users": n_users,
+        "movies": n_movies,
+        "rated_movies": int(per_movie.size),
+        "ratings": int(len(ratings)),
+        "tags": int(len(tags)),
+        "density": float(len(ratings) / (n_users * n_movies)) if n_users and n_movies else 0.0,
+        "movies_with_imdbId": int(movies["imdbId"].notna().sum()),
+        "movies_with_tmdbId": int(movies["tmdbId"].notna().sum()),
+        "movies_without_genres": int((movies["genres"].map(len) == 0).sum()),
+        "rating_histogram": {float(k): int(v) for k, v in hist.items()},
+        "ratings_per_user_quantiles": _quantiles(per_user),
+        "ratings_per_movie_quantiles": _quantiles(per_movie),
+    }
+
+
+def _quantiles(counts: pd.Series) -> dict[str, float]:
+    if counts.empty:
+        return {}
+    return {f"q{int(q * 100):02d}": float(counts.quantile(q)) for q in QUANTILES}
