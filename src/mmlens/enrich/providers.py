@@ -1,0 +1,436 @@
+"""Where posters and synopses come from: TMDB, IMDb title pages, a user table, a local folder.
+
+A provider's :meth:`Provider.lookup` returns a :class:`Found` (a poster reference and/or a raw
+synopsis) or raises :class:`FetchError`. All network access goes through :class:`Client`, which puts
+the response cache in front of the :class:`Fetcher`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urljoin, urlsplit
+
+import pandas as pd
+
+from mmlens.enrich.cache import CacheEntry, CacheKey, ResponseCache
+from mmlens.enrich.fetch import MAX_DOCUMENT_BYTES, Fetcher, FetchError
+
+logger = logging.getLogger("mmlens.enrich")
+T = TypeVar("T")
+
+TMDB_API_BASE = "https://api.themoviedb.org/3"
+TMDB_IMAGE_BASE = "https://image.tmdb.org/t/p"
+IMDB_BASE = "https://www.imdb.com"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+_LD_TYPES = frozenset({"Movie", "TVSeries", "TVMovie", "TVEpisode", "CreativeWork", "VideoObject"})
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Movie:
+    """The ids a provider may use to find one catalog movie."""
+
+    movie_id: int
+    imdb_id: str | None = None  # 7+ digits, no "tt"
+    tmdb_id: int | None = None
+    title: str = ""
+
+
+@dataclass
+class Found:
+    """What a provider knows about a movie; ``status`` is the HTTP status of its document."""
+
+    poster_url: str | None = None
+    poster_file: Path | None = None
+    poster_key: CacheKey | None = None
+    synopsis: str | None = None
+    status: int | None = None
+
+
+class InvalidContent(ValueError):
+    """A complete response whose body is unusable; ``definitive`` ones are cached as negatives."""
+
+    def __init__(self, message: str, definitive: bool = False) -> None:
+        super().__init__(message)
+        self.definitive = definitive
+
+
+class ProviderDisabled(FetchError):
+    """The provider is switched off for the rest of the run (e.g. TMDB rejected the key)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__("error", message, status)
+
+
+# --------------------------------------------------------------------------- client
+
+
+class Client:
+    """Cache-first fetching: a cached answer (positive or negative) is never fetched again."""
+
+    def __init__(self, fetcher: Fetcher, cache: ResponseCache) -> None:
+        self.fetcher = fetcher
+        self.cache = cache
+        self.hits = 0
+        self._lock = threading.Lock()
+
+    def fetch(self, key: CacheKey, url: str, validate: Callable[[bytes, str], T], *,
+              params: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None,
+              max_bytes: int = MAX_DOCUMENT_BYTES) -> tuple[T, int | None]:
+        """``(validate(body, content_type), http_status)`` from the cache or the network."""
+        entry = self.cache.get(key)
+        if entry is not None:
+            with self._lock:
+                self.hits += 1
+            if not entry.ok:
+                raise FetchError(entry.outcome, entry.error, entry.status)
+            try:
+                return validate(entry.body, entry.content_type), entry.status
+            except InvalidContent:
+                self.cache.drop(key)  # stale rules or a damaged entry: fetch again
+        try:
+            got = self.fetcher.get(url, params=params, headers=headers, max_bytes=max_bytes)
+        except FetchError as exc:
+            if exc.kind in ("not_found", "invalid"):
+                self.cache.put(key, CacheEntry(exc.kind, exc.status, error=str(exc),
+                                               url=self.fetcher.scrub(url)))
+            raise
+        try:
+            value = validate(got.body, got.content_type)
+        except InvalidContent as exc:
+            message = f"{exc} ({got.url})"
+            if exc.definitive:
+                self.cache.put(key, CacheEntry("invalid", got.status, got.content_type, got.url,
+                                               error=message))
+            raise FetchError("invalid", message, got.status) from None
+        self.cache.put(key, CacheEntry("ok", got.status, got.content_type, got.url,
+                                       body=got.body))
+        return value, got.status
+
+
+# --------------------------------------------------------------------------- providers
+
+
+class Provider:
+    """Base class: ``name`` is recorded as the source; ``modalities`` what it can deliver."""
+
+    name = "provider"
+    modalities: tuple[str, ...] = ("poster", "synopsis")
+
+    def lookup(self, movie: Movie, client: Client) -> Found:
+        raise NotImplementedError
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in messages or files."""
+        return []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class TMDBProvider(Provider):
+    """TMDB API v3 ``/movie/{tmdbId}``: ``poster_path`` and ``overview``.
+
+    The key comes from ``api_key``, else ``TMDB_API_KEY`` (sent as the ``api_key`` query parameter)
+    or ``TMDB_BEARER_TOKEN`` (an ``Authorization: Bearer`` header). It is never logged, cached or
+    shown. A 401 disables the provider for the run with a single error message.
+    """
+
+    name = "tmdb"
+
+    def __init__(self, api_base: str = TMDB_API_BASE, image_base: str = TMDB_IMAGE_BASE,
+                 size: str = "w500", api_key: str | None = None,
+                 bearer_token: str | None = None) -> None:
+        self.api_base = api_base.rstrip("/")
+        self.image_base = image_base.rstrip("/")
+        self.size = size
+        self._key = api_key or (None if bearer_token else os.environ.get("TMDB_API_KEY"))
+        self._bearer = bearer_token or (None if self._key else
+                                        os.environ.get("TMDB_BEARER_TOKEN"))
+        if not (self._key or self._bearer):
+            raise ValueError("TMDBProvider needs a key: pass api_key or set TMDB_API_KEY "
+                             "(v3 key) or TMDB_BEARER_TOKEN (v4 read access token)")
+        self._disabled: str | None = None
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def configured() -> bool:
+        """Whether a TMDB key is set in the environment."""
+        return bool(os.environ.get("TMDB_API_KEY") or os.environ.get("TMDB_BEARER_TOKEN"))
+
+    def secrets(self) -> list[str]:
+        return [s for s in (self._key, self._bearer) if s]
+
+    @property
+    def disabled(self) -> bool:
+        return self._disabled is not None
+
+    def _disable(self, status: int | None) -> None:
+        with self._lock:
+            first = self._disabled is None
+            self._disabled = f"TMDB rejected the API key (HTTP {status}); TMDB skipped"
+        if first:
+            logger.error("TMDB rejected the API key (HTTP %s): skipping TMDB for the rest of this "
+                         "run, the other providers continue. Check TMDB_API_KEY or "
+                         "TMDB_BEARER_TOKEN.", status)
+
+    def lookup(self, movie: Movie, client: Client) -> Found:
+        if self._disabled:
+            raise ProviderDisabled(self._disabled, 401)
+        if movie.tmdb_id is None:
+            raise FetchError("not_found", "no tmdbId in links")
+        params = {"api_key": self._key} if self._key else None
+        headers = {"Authorization": f"Bearer {self._bearer}"} if self._bearer else None
+        headers = {**(headers or {}), "Accept": "application/json"}
+        try:
+            doc, status = client.fetch(CacheKey(self.name, "movie", str(movie.tmdb_id)),
+                                       f"{self.api_base}/movie/{movie.tmdb_id}", parse_json_object,
+                                       params=params, headers=headers)
+        except FetchError as exc:
+            if exc.kind == "unauthorized":
+                self._disable(exc.status)
+                raise ProviderDisabled(self._disabled or "TMDB disabled", exc.status) from None
+            raise
+        poster_path = doc.get("poster_path")
+        url = None
+        if isinstance(poster_path, str) and poster_path.strip():
+            url = f"{self.image_base}/{self.size}/{poster_path.strip().lstrip('/')}"
+        overview = doc.get("overview")
+        return Found(poster_url=url, poster_key=CacheKey(self.name, "poster", str(movie.tmdb_id)),
+                     synopsis=overview if isinstance(overview, str) else None, status=status)
+
+    def __repr__(self) -> str:
+        return f"TMDBProvider(api_base={self.api_base!r}, image_base={self.image_base!r})"
+
+
+class IMDbProvider(Provider):
+    """IMDb title pages ``/title/tt<id>/``: JSON-LD ``image``/``description``, else ``og:`` tags."""
+
+    name = "imdb"
+
+    def __init__(self, base: str = IMDB_BASE) -> None:
+        self.base = base.rstrip("/")
+
+    def lookup(self, movie: Movie, client: Client) -> Found:
+        if not movie.imdb_id:
+            raise FetchError("not_found", "no imdbId in links")
+        url = f"{self.base}/title/tt{movie.imdb_id}/"
+        page, status = client.fetch(
+            CacheKey(self.name, "page", f"tt{movie.imdb_id}"), url,
+            lambda body, ctype: parse_title_page(decode_html(body, ctype), url),
+            headers={"Accept": "text/html", "Accept-Language": "en-US,en;q=0.8"})
+        return Found(poster_url=page.image, poster_key=CacheKey(self.name, "poster",
+                                                                f"tt{movie.imdb_id}"),
+                     synopsis=page.description, status=status)
+
+    def __repr__(self) -> str:
+        return f"IMDbProvider(base={self.base!r})"
+
+
+class TableProvider(Provider):
+    """A user table (CSV or parquet) with ``movieId`` and ``poster_url`` and/or ``synopsis``.
+
+    ``poster_url`` may be an http(s) URL or a file path (relative to the table's folder).
+    """
+
+    def __init__(self, path: str | Path, name: str = "table") -> None:
+        self.path = Path(path)
+        self.name = name
+        table = _read_table(self.path)
+        if "movieId" not in table.columns:
+            raise ValueError(f"{self.path} has no movieId column (columns: {list(table.columns)})")
+        present = [c for c in ("poster_url", "synopsis") if c in table.columns]
+        if not present:
+            raise ValueError(f"{self.path} needs a poster_url and/or synopsis column")
+        self.modalities = tuple("poster" if c == "poster_url" else "synopsis" for c in present)
+        table = table.dropna(subset=["movieId"]).drop_duplicates("movieId", keep="first")
+        self._rows: dict[int, dict[str, Any]] = {
+            int(r["movieId"]): {c: (None if pd.isna(r[c]) else str(r[c])) for c in present}
+            for r in table.to_dict("records")
+        }
+
+    def lookup(self, movie: Movie, client: Client) -> Found:
+        row = self._rows.get(movie.movie_id)
+        if row is None:
+            raise FetchError("not_found", f"movieId {movie.movie_id} not in {self.path.name}")
+        found = Found(synopsis=row.get("synopsis"))
+        ref = (row.get("poster_url") or "").strip()
+        if urlsplit(ref).scheme.lower() in ("http", "https"):
+            found.poster_url = ref
+            found.poster_key = CacheKey(self.name, "poster", str(movie.movie_id))
+        elif ref:
+            p = Path(ref).expanduser()
+            found.poster_file = p if p.is_absolute() else self.path.parent / p
+        return found
+
+    def __repr__(self) -> str:
+        return f"TableProvider({str(self.path)!r}, name={self.name!r})"
+
+
+class LocalDirProvider(Provider):
+    """Posters already on disk as ``<dir>/<movieId>.<ext>`` (jpg, png, webp, ...)."""
+
+    modalities = ("poster",)
+
+    def __init__(self, directory: str | Path, name: str = "local") -> None:
+        self.directory = Path(directory)
+        self.name = name
+        if not self.directory.is_dir():
+            raise ValueError(f"poster folder {self.directory} does not exist")
+        self._files: dict[str, Path] = {}
+        for p in sorted(self.directory.iterdir()):
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+                self._files.setdefault(p.stem, p)
+
+    def lookup(self, movie: Movie, client: Client) -> Found:
+        p = self._files.get(str(movie.movie_id))
+        if p is None:
+            raise FetchError("not_found", f"no {movie.movie_id}.<ext> in {self.directory}")
+        return Found(poster_file=p)
+
+    def __repr__(self) -> str:
+        return f"LocalDirProvider({str(self.directory)!r}, name={self.name!r})"
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise ValueError(f"provider table {path} does not exist")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    if path.suffix.lower() in (".csv", ".tsv", ".txt"):
+        return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+    raise ValueError(f"provider table {path} must be .csv, .tsv or .parquet")
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_json_object(body: bytes, content_type: str = "") -> dict[str, Any]:
+    """A JSON object from ``body``; anything else raises InvalidContent (not cached)."""
+    try:
+        data = json.loads(body.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        kind = content_type.split(";")[0].strip() or "no content type"
+        raise InvalidContent(f"malformed JSON ({kind}): {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidContent(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def decode_html(body: bytes, content_type: str = "") -> str:
+    """Text of an HTML response; a non-HTML content type raises InvalidContent (not cached)."""
+    kind = content_type.split(";")[0].strip().lower()
+    if kind and kind not in ("text/html", "application/xhtml+xml", "text/plain"):
+        raise InvalidContent(f"expected an HTML page, got content type {kind!r}")
+    charset = "utf-8"
+    for part in content_type.split(";")[1:]:
+        name, _, value = part.partition("=")
+        if name.strip().lower() == "charset" and value.strip():
+            charset = value.strip().strip('"')
+    try:
+        return body.decode(charset, errors="replace")
+    except LookupError:
+        return body.decode("utf-8", errors="replace")
+
+
+@dataclass
+class PageInfo:
+    """Poster URL and raw description found on a title page (None when absent)."""
+
+    image: str | None
+    description: str | None
+
+
+class _HeadParser(HTMLParser):
+    """Collects JSON-LD script bodies and ``<meta property|name=... content=...>`` values."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.json_ld: list[str] = []
+        self.meta: dict[str, str] = {}
+        self._in_ld = False
+        self._buf: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k.lower(): (v or "") for k, v in attrs}
+        if tag == "script" and a.get("type", "").strip().lower() == "application/ld+json":
+            self._in_ld, self._buf = True, []
+        elif tag == "meta":
+            key = (a.get("property") or a.get("name") or "").strip().lower()
+            if key and "content" in a:
+                self.meta.setdefault(key, a["content"])
+
+    def handle_data(self, data: str) -> None:
+        if self._in_ld:
+            self._buf.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script" and self._in_ld:
+            self.json_ld.append("".join(self._buf))
+            self._in_ld = False
+
+
+def parse_title_page(html_text: str, page_url: str = "") -> PageInfo:
+    """Poster and description from JSON-LD (list or ``@graph``, image as string or object),
+    falling back to ``og:image`` and ``og:description`` / ``description`` meta tags."""
+    parser = _HeadParser()
+    parser.feed(html_text)
+    parser.close()
+    image, description = _from_json_ld(parser.json_ld)
+    image = image or parser.meta.get("og:image") or parser.meta.get("twitter:image")
+    description = (description or parser.meta.get("og:description")
+                   or parser.meta.get("description"))
+    if image:
+        image = urljoin(page_url, image.strip()) if page_url else image.strip()
+        if urlsplit(image).scheme.lower() not in ("http", "https"):
+            image = None
+    return PageInfo(image or None, description or None)
+
+
+def _from_json_ld(scripts: list[str]) -> tuple[str | None, str | None]:
+    nodes: list[dict[str, Any]] = []
+    for raw in scripts:
+        try:
+            nodes.extend(_flatten(json.loads(raw)))
+        except ValueError:
+            continue  # a broken block: the og: tags may still help
+    nodes.sort(key=lambda n: 0 if _types(n) & _LD_TYPES else 1)  # stable: page order otherwise
+    image = next((u for n in nodes if (u := _image_url(n.get("image")))), None)
+    description = next((d for n in nodes if isinstance(d := n.get("description"), str) and
+                        d.strip()), None)
+    return image, description
+
+
+def _flatten(data: Any) -> list[dict[str, Any]]:
+    if isinstance(data, list):
+        return [n for item in data for n in _flatten(item)]
+    if isinstance(data, dict):
+        graph = data.get("@graph")
+        return [data, *_flatten(graph)] if graph is not None else [data]
+    return []
+
+
+def _types(node: dict[str, Any]) -> set[str]:
+    t = node.get("@type")
+    return {t} if isinstance(t, str) else {x for x in t if isinstance(x, str)} if isinstance(
+        t, list) else set()
+
+
+def _image_url(value: Any) -> str | None:
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if isinstance(value, dict):
+        return _image_url(value.get("url") or value.get("contentUrl"))
+    if isinstance(value, list):
+        return next((u for v in value if (u := _image_url(v))), None)
+    return None
