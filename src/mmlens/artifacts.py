@@ -81,11 +81,17 @@ _ARTIFACTS = [
              "row int64, movieId int32, has_{modality} bool"),
     Artifact("embedding_meta", "features/{modality}_meta.json", "03",
              "model id, weights hash or 'random', dim, preprocessing, pooling, input hash"),
+    Artifact("embedding_shard", "features/shards/{modality}-{shard}", "03",
+             "one slice of a sharded 03/04 run (embeddings.npy, index.parquet, meta.json)"),
+    Artifact("embeddings_pca", "features/{modality}_pca{dim}", "03",
+             "optional PCA of the embeddings: embeddings.npy, components.npy, mean.npy, meta.json"),
     # 05 feature store
     Artifact("items", "store/items.parquet", "05",
              "movieId, year, genres, has_poster, has_text, n_ratings (train only)"),
     Artifact("pretrained", "store/pretrained_{modality}.npy", "05",
              "float32 [n_items, dim] aligned to items.parquet rows, missing rows per policy"),
+    Artifact("pretrained_meta", "store/pretrained_{modality}.json", "05",
+             "missing-row policy and counts, PCA explained variance, the 03/04 metadata"),
     Artifact("split", "store/splits/{split}", "05",
              "train/valid/test parquet (userId, movieId, rating, timestamp, label) + split.json"),
     # 06 NVTabular ETL
@@ -103,6 +109,8 @@ _ARTIFACTS = [
     Artifact("keras_dir", "models/keras/{split}/{variant}", "08", "saved Keras model + history"),
     Artifact("metrics", "metrics/{stage}.json", "07", "metrics json written by stages 07, 08, 09"),
     Artifact("figures", "figures", "09", "PNG figures"),
+    Artifact("ablation_table", "metrics/09-ablation.csv", "09",
+             "one row per split, variant and seed: AUC and logloss of the ablation"),
 ]
 
 ARTIFACTS: dict[str, Artifact] = {a.name: a for a in _ARTIFACTS}

@@ -1,0 +1,143 @@
+"""Stage 09: do pretrained embeddings help? Warm (random split) and cold (cold-items split).
+
+Every variant is the same MLP; only the content tables differ. ``id-only`` means no pretrained
+content (user, movie, genres and year embeddings only). Each variant trains once per seed; the
+table reports mean and standard deviation of test AUC and logloss, beside the popularity baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from mmlens import artifacts
+from mmlens.config import Config
+from mmlens.train import data, evaluate
+
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "id-only": (),
+    "+poster": ("poster",),
+    "+text": ("text",),
+    "+both": ("poster", "text"),
+}
+SETTINGS = {"random": "warm", "cold-items": "cold"}
+FIGURE_NAME = "09-ablation.png"
+
+
+def run(
+    cfg: Config,
+    *,
+    seeds: Sequence[int] = (1, 2, 3),
+    variants: Sequence[str] = ("id-only", "+poster", "+text", "+both"),
+    splits: Sequence[str] = ("random", "cold-items"),
+    fine_tune: bool = False,
+    epochs: int = 4,
+    batch_size: int = 512,
+    lr: float = 2e-3,
+    patience: int = 2,
+) -> pd.DataFrame:
+    """Train every variant x seed on each split; return mean/std per (setting, variant).
+
+    Writes ``metrics/09.json`` (summary and runs), ``metrics/09-ablation.csv`` (one row per run)
+    and ``figures/09-ablation.png``. ``fine_tune=True`` lets the pretrained tables train too.
+    """
+    import keras
+
+    from mmlens.train import keras_train
+
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    if not seeds:
+        raise ValueError("give at least one seed")
+    loaded = {split: data.require_split(cfg, split) for split in splits}
+    rows: list[dict[str, Any]] = []
+    jobs = [(s, v, seed) for s in splits for v in variants for seed in seeds]
+    for split, variant, seed in tqdm(jobs, desc="09 ablation", unit="run"):
+        etl_dir, schema = loaded[split]
+        missing = [m for m in VARIANTS[variant] if m not in schema["pretrained"]]
+        if missing:
+            raise ValueError(f"variant {variant!r} needs {missing}, absent from etl/{split}")
+        keras.backend.clear_session()
+        _, metrics = keras_train.train_and_evaluate(
+            etl_dir, schema, modalities=VARIANTS[variant], epochs=epochs, seed=seed,
+            batch_size=batch_size, lr=lr, patience=patience, fine_tune=fine_tune)
+        rows.append({"split": split, "setting": SETTINGS.get(split, split), "variant": variant,
+                     "seed": seed, "auc": metrics["auc"], "logloss": metrics["logloss"],
+                     "epochs_run": metrics["epochs_run"]})
+    for split, (etl_dir, schema) in loaded.items():
+        rows.append({"split": split, "setting": SETTINGS.get(split, split),
+                     "variant": "popularity", "seed": -1, **_popularity(etl_dir, schema)})
+    runs = pd.DataFrame(rows)
+    summary = summarize(runs)
+    _write(cfg, runs, summary, fine_tune)
+    print(summary.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    summary.attrs["runs"] = runs
+    return summary
+
+
+def _popularity(etl_dir: Any, schema: dict[str, Any]) -> dict[str, float]:
+    cols = ["movieId", schema["label"]]
+    train = data.read_frame(data.part_dir(etl_dir, schema, "train"), cols)
+    test = data.read_frame(data.part_dir(etl_dir, schema, "test"), cols)
+    m = evaluate.popularity_baseline(train, test, label_col=schema["label"])
+    return {"auc": m["auc"], "logloss": m["logloss"], "epochs_run": 0}
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation (ddof=0) of AUC and logloss per setting and variant."""
+    grouped = runs.groupby(["setting", "variant"], sort=False)
+    out = grouped.agg(auc_mean=("auc", "mean"), auc_std=("auc", lambda x: x.std(ddof=0)),
+                      logloss_mean=("logloss", "mean"),
+                      logloss_std=("logloss", lambda x: x.std(ddof=0)),
+                      n_seeds=("seed", "nunique"))
+    return out.reset_index()
+
+
+def _write(cfg: Config, runs: pd.DataFrame, summary: pd.DataFrame, fine_tune: bool) -> None:
+    table = artifacts.path(cfg, "ablation_table")
+    with artifacts.atomic_path(table) as tmp:
+        runs.to_csv(tmp, index=False)
+    nested: dict[str, Any] = {"fine_tune": fine_tune}
+    for rec in summary.to_dict("records"):
+        nested.setdefault(rec["setting"], {})[rec["variant"]] = {
+            k: rec[k] for k in ("auc_mean", "auc_std", "logloss_mean", "logloss_std", "n_seeds")}
+    nested["runs"] = [evaluate.clean(r) for r in runs.to_dict("records")]
+    artifacts.write_json(artifacts.path(cfg, "metrics", stage="09"),
+                         {k: evaluate.clean(v) if isinstance(v, dict) else v
+                          for k, v in nested.items()})
+    plot(summary, artifacts.path(cfg, "figures") / FIGURE_NAME)
+
+
+def plot(summary: pd.DataFrame, target: Any) -> Any:
+    """Grouped bar chart of mean test AUC (error bars: std over seeds) per variant and setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    settings = list(dict.fromkeys(summary["setting"]))
+    variants = list(dict.fromkeys(summary["variant"]))
+    width = 0.8 / max(len(settings), 1)
+    fig, ax = plt.subplots(figsize=(1.4 * len(variants) + 2, 3.5))
+    x = np.arange(len(variants))
+    for i, setting in enumerate(settings):
+        part = summary[summary["setting"] == setting].set_index("variant").reindex(variants)
+        ax.bar(x + i * width, part["auc_mean"], width, yerr=part["auc_std"].fillna(0),
+               label=setting, capsize=3)
+    ax.set_xticks(x + width * (len(settings) - 1) / 2, variants)
+    ax.set_ylabel("test AUC")
+    lo = float(np.nanmin(summary["auc_mean"])) if len(summary) else 0.5
+    ax.set_ylim(max(0.0, min(0.5, lo - 0.05)), 1.0)
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_title("Do pretrained embeddings help?")
+    ax.legend()
+    fig.tight_layout()
+    with artifacts.atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return target

@@ -1,0 +1,250 @@
+"""Stage 08: train a Keras model on the ETL output with frozen pretrained tables.
+
+``fit`` compiles (Adam, binary cross-entropy, AUC), stops early on validation AUC and restores the
+best weights, checkpoints each improvement, and writes the history (JSON) and learning curves (PNG).
+``run`` is the notebook/CLI entry: it reads ``etl/<split>``, trains, evaluates on the test part and
+writes ``models/keras/<split>/<variant>`` and ``metrics/08.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmlens import artifacts
+from mmlens.config import Config, seed_everything
+from mmlens.train import data, evaluate
+
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.json"
+CURVES_FILE = "curves.png"
+CHECKPOINT_FILE = "best.weights.h5"
+
+
+def strategy_scope() -> contextlib.AbstractContextManager[Any]:
+    """``MirroredStrategy`` scope when more than one GPU is visible, else a no-op."""
+    import tensorflow as tf
+
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy().scope()
+    return contextlib.nullcontext()
+
+
+MIN_STEPS_PER_EPOCH = 20
+
+
+def effective_batch_size(batch_size: int, train_rows: int,
+                         min_steps: int = MIN_STEPS_PER_EPOCH) -> int:
+    """``batch_size``, lowered (not below 32) so that a small train part still gives an epoch of
+    at least ``min_steps`` updates; large data keeps the requested size."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return max(min(batch_size, 32), min(batch_size, train_rows // min_steps))
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, numpy, TensorFlow and Keras."""
+    import keras
+
+    seed_everything(seed)
+    keras.utils.set_random_seed(seed)
+
+
+def compile_model(model: Any, lr: float = 1e-3) -> Any:
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr),
+                  loss=keras.losses.BinaryCrossentropy(),
+                  metrics=[keras.metrics.AUC(name="auc")], jit_compile=False)
+    return model
+
+
+def fit(
+    model: Any,
+    train_ds: Any,
+    valid_ds: Any,
+    *,
+    epochs: int = 5,
+    patience: int = 2,
+    lr: float = 1e-3,
+    out_dir: Path | None = None,
+    verbose: int = 0,
+) -> dict[str, list[float]]:
+    """Train with early stopping on ``val_auc`` (best weights restored); return the history.
+
+    With ``out_dir``, checkpoints the best weights and writes ``history.json`` and ``curves.png``.
+    """
+    import keras
+
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if not getattr(model, "compiled", False):
+        compile_model(model, lr)
+    callbacks: list[Any] = [keras.callbacks.EarlyStopping(
+        monitor="val_auc", mode="max", patience=patience, restore_best_weights=True)]
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        callbacks.append(keras.callbacks.ModelCheckpoint(
+            str(Path(out_dir) / CHECKPOINT_FILE), monitor="val_auc", mode="max",
+            save_best_only=True, save_weights_only=True))
+    hist = model.fit(train_ds, validation_data=valid_ds, epochs=epochs, callbacks=callbacks,
+                     verbose=verbose, shuffle=False)  # the dataset shuffles itself
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    if out_dir is not None:
+        artifacts.write_json(Path(out_dir) / HISTORY_FILE, history)
+        plot_curves(history, Path(out_dir) / CURVES_FILE)
+    return history
+
+
+def plot_curves(history: dict[str, list[float]], target: Path) -> Path:
+    """Loss and AUC per epoch, train vs validation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, key in zip(axes, ("loss", "auc"), strict=True):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            if prefix + key in history:
+                ax.plot(range(1, len(history[prefix + key]) + 1), history[prefix + key], style,
+                        label=prefix + key)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+    fig.tight_layout()
+    with artifacts.atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return target
+
+
+def predict(model: Any, ds: Any) -> np.ndarray:
+    """Probabilities for every row of a ``(features, label)`` dataset, in order."""
+    return np.asarray(model.predict(ds.map(lambda x, y: x), verbose=0), np.float64).ravel()
+
+
+def predict_features(model: Any, feats: data.Features, batch_size: int = 4096) -> np.ndarray:
+    """Probabilities for in-memory features."""
+    names = {t.name.split(":")[0] for t in model.inputs} if model.inputs else set(feats)
+    inputs = {k: v for k, v in feats.items() if k in names}
+    return np.asarray(model.predict(inputs, batch_size=batch_size, verbose=0), np.float64).ravel()
+
+
+def save_model(model: Any, out_dir: Path) -> Path:
+    """Save the whole model as ``model.keras`` atomically."""
+    target = Path(out_dir) / MODEL_FILE
+    with artifacts.atomic_path(target) as tmp:
+        model.save(tmp)
+    return target
+
+
+def load_model(path: Path) -> Any:
+    """Load a saved ``.keras`` model (registers mmlens' custom layers first)."""
+    import keras
+
+    from mmlens.train import models  # noqa: F401  (registers MaskedMean)
+
+    return keras.saving.load_model(path)
+
+
+def train_and_evaluate(
+    etl_dir: Path,
+    schema: dict[str, Any],
+    *,
+    variant: str = "mlp",
+    modalities: Sequence[str] = ("poster", "text"),
+    epochs: int = 5,
+    seed: int = 42,
+    batch_size: int = 1024,
+    lr: float = 1e-3,
+    patience: int = 2,
+    fine_tune: bool = False,
+    out_dir: Path | None = None,
+    model_options: dict[str, Any] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Build, fit and score one model on ``etl_dir``; return ``(model, metrics)``.
+
+    ``batch_size`` is an upper bound, see :func:`effective_batch_size`.
+    """
+    from mmlens.train import models
+
+    set_seed(seed)
+    mods = tuple(modalities)
+    tables = data.load_tables(etl_dir, schema, mods)
+    parts = {p: data.part_dir(etl_dir, schema, p) for p in ("train", "valid", "test")}
+    batch_size = effective_batch_size(batch_size, data.part_rows(parts["train"]))
+    kw = {"batch_size": batch_size, "modalities": mods}
+    train_ds = data.make_dataset(parts["train"], schema, shuffle=True, seed=seed, **kw)
+    valid_ds = data.make_dataset(parts["valid"], schema, **kw)
+    test_ds = data.make_dataset(parts["test"], schema, **kw)
+    with strategy_scope():
+        model = models.build(variant, schema, tables, modalities=mods,
+                             trainable_tables=fine_tune, **(model_options or {}))
+        compile_model(model, lr)
+    history = fit(model, train_ds, valid_ds, epochs=epochs, patience=patience,
+                  out_dir=out_dir)
+    labels = np.concatenate([y.numpy() for _, y in test_ds])
+    metrics = evaluate.pointwise_metrics(labels, predict(model, test_ds))
+    metrics["epochs_run"] = len(history.get("loss", []))
+    metrics["best_val_auc"] = max(history.get("val_auc", [float("nan")]))
+    metrics["batch_size"] = batch_size
+    return model, metrics
+
+
+def run(
+    cfg: Config,
+    *,
+    split: str = "random",
+    variant: str = "mlp",
+    modalities: Sequence[str] = ("poster", "text"),
+    epochs: int = 8,
+    seed: int | None = None,
+    batch_size: int = 1024,
+    lr: float = 2e-3,
+    patience: int = 2,
+    fine_tune: bool = False,
+    ranking: bool = True,
+) -> dict[str, Any]:
+    """Notebook 08: train ``variant`` on ``etl/<split>``, evaluate, save; return the metrics.
+
+    Writes ``models/keras/<split>/<variant>/`` (model.keras, history.json, curves.png, best
+    checkpoint) and merges ``metrics/08.json[split][variant]``. With ``ranking``, adds HR@10 and
+    NDCG@10 (99 sampled negatives) and the popularity baseline on the same test rows.
+    """
+    from mmlens.train import recommend
+
+    seed = cfg.seed if seed is None else seed
+    etl_dir, schema = data.require_split(cfg, split)
+    out_dir = artifacts.path(cfg, "keras_dir", split=split, variant=variant)
+    model, metrics = train_and_evaluate(
+        etl_dir, schema, variant=variant, modalities=modalities, epochs=epochs, seed=seed,
+        batch_size=batch_size, lr=lr, patience=patience, fine_tune=fine_tune, out_dir=out_dir)
+    model_path = save_model(model, out_dir)
+    cols = ["userId", "movieId", schema["label"]]
+    train = data.read_frame(data.part_dir(etl_dir, schema, "train"), cols)
+    test_df = data.read_frame(data.part_dir(etl_dir, schema, "test"), cols)
+    metrics["popularity"] = evaluate.popularity_baseline(train, test_df, label_col=schema["label"])
+    if ranking:
+        items = recommend.catalog_items(etl_dir, schema)
+        score_fn = recommend.model_score_fn(model, schema, items)
+        metrics.update(evaluate.ranking_metrics(
+            score_fn, test_df, train, items["movieId"].to_numpy(), label_col=schema["label"],
+            seed=seed))
+    metrics.update({"modalities": list(modalities), "fine_tune": fine_tune, "seed": seed,
+                    "model": str(model_path)})
+    evaluate.update_metrics(cfg, "08", (split, variant), metrics)
+    print(f"08 {split}/{variant} {'+'.join(modalities) or 'id-only'}: test AUC "
+          f"{metrics['auc']:.4f}, logloss {metrics['logloss']:.4f} "
+          f"(popularity AUC {metrics['popularity']['auc']:.4f}); saved {model_path}")
+    return evaluate.clean(metrics)
+
+
+def history_of(out_dir: Path) -> dict[str, list[float]]:
+    """The saved training history of a run."""
+    return json.loads((Path(out_dir) / HISTORY_FILE).read_text())

@@ -1,0 +1,225 @@
+"""Stages 07-09 in Keras on a small synthetic ETL output: data, models, training, recommend."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmlens import artifacts, capabilities
+from mmlens.artifacts import MissingArtifactError
+from mmlens.config import Config
+from mmlens.train import data, recommend
+
+sys.path.insert(0, str(Path(__file__).parent))
+from etl_fixture import make_etl, raw_id  # noqa: E402
+
+keras = pytest.importorskip("keras")
+from mmlens.train import ablation, keras_train, models  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    cfg = Config(data_dir=tmp_path_factory.mktemp("data"), sample_profile="small", seed=5)
+    dirs = make_etl(cfg)
+    schemas = {s: data.load_schema(d / "schema.json") for s, d in dirs.items()}
+    tables = {s: data.load_tables(d, schemas[s]) for s, d in dirs.items()}
+    return {"cfg": cfg, "dirs": dirs, "schemas": schemas, "tables": tables}
+
+
+def _ds(world: dict[str, Any], part: str, split: str = "random", **kw: Any) -> Any:
+    return data.make_dataset(world["dirs"][split] / part, world["schemas"][split], **kw)
+
+
+def test_streamed_dataset_equals_in_memory(world: dict[str, Any]) -> None:
+    mem = list(_ds(world, "train", batch_size=64, in_memory=True))
+    stream = list(_ds(world, "train", batch_size=64, in_memory=False))
+    assert len(mem) == len(stream)
+    for (fm, ym), (fs, ys) in zip(mem, stream, strict=True):
+        assert set(fm) == set(fs) == {"userId", "movieId", "genres", "year", "poster", "text",
+                                      "has_poster", "has_text"}
+        for key in fm:
+            np.testing.assert_array_equal(fm[key].numpy(), fs[key].numpy())
+        np.testing.assert_array_equal(ym.numpy(), ys.numpy())
+    assert mem[0][0]["genres"].shape[1] == 3  # multi-hot padded to hotness
+
+
+def test_pad_lists_and_masked_mean() -> None:
+    padded = data.pad_lists([[5, 6], None, [7, 8, 9, 10]], 3)
+    assert padded.tolist() == [[5, 6, 0], [0, 0, 0], [7, 8, 9]]
+    vectors = np.arange(18, dtype="float32").reshape(3, 3, 2)
+    out = np.asarray(models.MaskedMean()([padded, vectors]))
+    np.testing.assert_allclose(out[0], vectors[0, :2].mean(0))
+    np.testing.assert_allclose(out[1], [0, 0])  # all padding: zero, not NaN
+    np.testing.assert_allclose(out[2], vectors[2].mean(0))
+
+
+def test_frozen_tables_unchanged_while_model_learns(world: dict[str, Any]) -> None:
+    schema, tables = world["schemas"]["random"], world["tables"]["random"]
+    keras_train.set_seed(0)
+    model = models.build_mlp(schema, tables, emb_dim=8, mlp=(32,))
+    before = {m: model.get_layer(f"pretrained_{m}").get_weights()[0].copy() for m in tables}
+    user_before = model.get_layer("emb_userId").get_weights()[0].copy()
+    for m in tables:
+        assert before[m].tobytes() == tables[m].tobytes()
+        assert not model.get_layer(f"pretrained_{m}").trainable
+    keras_train.compile_model(model, lr=1e-2)
+    history = keras_train.fit(model, _ds(world, "train", batch_size=64, shuffle=True),
+                              _ds(world, "valid", batch_size=256), epochs=6, patience=10)
+    for m in tables:
+        after = model.get_layer(f"pretrained_{m}").get_weights()[0]
+        assert after.tobytes() == before[m].tobytes()
+    assert not np.array_equal(model.get_layer("emb_userId").get_weights()[0], user_before)
+    assert history["loss"][-1] < 0.9 * history["loss"][0]
+
+
+def test_fine_tune_moves_the_tables(world: dict[str, Any]) -> None:
+    schema, tables = world["schemas"]["random"], world["tables"]["random"]
+    model = models.build_mlp(schema, tables, modalities=("text",), emb_dim=4, mlp=(8,),
+                             trainable_tables=True)
+    keras_train.compile_model(model, lr=1e-2)
+    model.fit(_ds(world, "train", batch_size=64, modalities=("text",)), epochs=1, verbose=0,
+              shuffle=False)
+    assert model.get_layer("pretrained_text").trainable
+    assert not np.array_equal(model.get_layer("pretrained_text").get_weights()[0], tables["text"])
+
+
+def test_wide_deep_roundtrips_through_keras_file(world: dict[str, Any], tmp_path: Path) -> None:
+    schema, tables = world["schemas"]["random"], world["tables"]["random"]
+    model = models.build_wide_deep(schema, tables, emb_dim=4, mlp=(8,))
+    keras_train.fit(model, _ds(world, "train", batch_size=128), _ds(world, "valid"), epochs=1,
+                    out_dir=tmp_path)
+    assert (tmp_path / "history.json").exists() and (tmp_path / "curves.png").exists()
+    saved = keras_train.save_model(model, tmp_path)
+    again = keras_train.load_model(saved)
+    test = _ds(world, "test", batch_size=256)
+    p1, p2 = keras_train.predict(model, test), keras_train.predict(again, test)
+    np.testing.assert_allclose(p1, p2, rtol=1e-5)
+    assert ((p1 > 0) & (p1 < 1)).all()
+
+
+def test_unknown_modality_and_variant_raise(world: dict[str, Any]) -> None:
+    schema, tables = world["schemas"]["random"], world["tables"]["random"]
+    with pytest.raises(ValueError, match="audio"):
+        models.build_mlp(schema, tables, modalities=("audio",))
+    with pytest.raises(ValueError, match="variant"):
+        models.build("transformer", schema, tables)
+
+
+def test_run_keras_writes_model_history_and_metrics(world: dict[str, Any]) -> None:
+    from mmlens.train import recommend_for, run_keras
+
+    cfg = world["cfg"]
+    out = run_keras(cfg, epochs=2, batch_size=128)
+    keras_dir = artifacts.path(cfg, "keras_dir", split="random", variant="mlp")
+    for name in ("model.keras", "history.json", "curves.png", "best.weights.h5"):
+        assert (keras_dir / name).exists(), name
+    saved = json.loads(artifacts.path(cfg, "metrics", stage="08").read_text())
+    assert saved["random"]["mlp"]["auc"] == pytest.approx(out["auc"])
+    assert 0 <= out["hr@10"] <= 1 and 0 <= out["ndcg@10"] <= out["hr@10"]
+    assert out["rows"] == world["schemas"]["random"]["rows"]["test"]
+    rated = recommend.rated_movies(world["dirs"]["random"], world["schemas"]["random"], raw_id(5))
+    recs = recommend_for(cfg, user_id=raw_id(5), k=3)
+    assert len(recs) == 3 and not set(recs["movieId"]) & set(rated)
+
+
+def test_stage_07_falls_back_to_keras(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from mmlens.train import hugectr_script
+
+    monkeypatch.setattr(capabilities, "has_hugectr", lambda: False)
+    out = hugectr_script.run(world["cfg"], epochs=1, batch_size=256, mlp=(16,))
+    assert "HugeCTR is not available" in capsys.readouterr().out
+    assert out["engine"] == "keras" and 0 <= out["auc"] <= 1
+    saved = json.loads(artifacts.path(world["cfg"], "metrics", stage="07").read_text())
+    assert saved["random"]["engine"] == "keras"
+
+
+def test_stage_07_without_hugectr_trains_even_when_a_table_is_too_wide(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from etl_fixture import FixtureSpec
+
+    from mmlens.train import hugectr_script
+
+    cfg = Config(data_dir=tmp_path)
+    make_etl(cfg, FixtureSpec(n_users=10, n_movies=12, dims={"poster": 1030}), splits=("random",))
+    monkeypatch.setattr(capabilities, "has_hugectr", lambda: False)
+    out = hugectr_script.run(cfg, epochs=1, batch_size=256, mlp=(4,), emb_dim=4)
+    assert out["script"] is None and "PCA" in out["script_error"]
+    assert "PCA" in capsys.readouterr().out and 0 <= out["auc"] <= 1
+    monkeypatch.setattr(capabilities, "has_hugectr", lambda: True)
+    with pytest.raises(hugectr_script.ScriptInputError, match="PCA"):
+        hugectr_script.run(cfg, epochs=1)
+
+
+def test_recommend_ranks_every_catalog_movie(world: dict[str, Any]) -> None:
+    etl_dir, schema = world["dirs"]["cold-items"], world["schemas"]["cold-items"]
+    model = models.build_mlp(schema, world["tables"]["cold-items"], emb_dim=4, mlp=(8,))
+    items = recommend.catalog_items(etl_dir, schema)
+    mapping = recommend.load_category_mapping(etl_dir / "workflow", "movieId")
+    assert len(items) == len(mapping) == schema["slots"][1]["cardinality"] - 3
+    cold = set(schema["cold_movie_codes"])
+    assert set(items.loc[~items["in_train"], "movieId"]) == cold
+    user = raw_id(5)
+    everything = recommend.recommend(model, schema, user, k=len(items), items=items,
+                                     workflow_dir=etl_dir / "workflow")
+    assert sorted(everything["code"]) == sorted(items["movieId"])
+    assert (everything["movieId"] == everything["code"].map(raw_id)).all()
+    assert set(everything.loc[everything["cold"], "code"]) == cold
+    assert everything["score"].is_monotonic_decreasing
+    assert everything["rank"].tolist() == list(range(1, len(items) + 1))
+    rated = recommend.rated_movies(etl_dir, schema, user)
+    assert rated
+    top = recommend.recommend(model, schema, user, k=5, items=items,
+                              workflow_dir=etl_dir / "workflow", exclude=rated)
+    assert len(top) == 5 and not set(top["movieId"]) & set(rated)
+
+
+def test_ablation_writes_table_and_figure(world: dict[str, Any]) -> None:
+    cfg = world["cfg"]
+    summary = ablation.run(cfg, seeds=(1,), variants=("id-only", "+both"), epochs=1,
+                           batch_size=256)
+    assert isinstance(summary, pd.DataFrame)
+    assert set(summary["setting"]) == {"warm", "cold"}
+    assert set(summary["variant"]) == {"id-only", "+both", "popularity"}
+    runs = pd.read_csv(artifacts.path(cfg, "ablation_table"))
+    assert len(runs) == 2 * 2 + 2 and runs["auc"].between(0, 1).all()
+    saved = json.loads(artifacts.path(cfg, "metrics", stage="09").read_text())
+    assert saved["cold"]["+both"]["auc_mean"] == pytest.approx(
+        runs.loc[(runs["setting"] == "cold") & (runs["variant"] == "+both"), "auc"].iloc[0])
+    assert (artifacts.path(cfg, "figures") / ablation.FIGURE_NAME).stat().st_size > 1000
+    with pytest.raises(ValueError, match="unknown variants"):
+        ablation.run(cfg, variants=("+audio",))
+
+
+def test_ablation_summary_mean_and_std() -> None:
+    runs = pd.DataFrame({"setting": ["warm"] * 3 + ["cold"], "variant": ["+text"] * 4,
+                         "seed": [1, 2, 3, 1], "auc": [0.6, 0.7, 0.8, 0.55],
+                         "logloss": [0.5, 0.5, 0.8, 0.7]})
+    out = ablation.summarize(runs).set_index("setting")
+    assert out.loc["warm", "auc_mean"] == pytest.approx(0.7)
+    assert out.loc["warm", "auc_std"] == pytest.approx(np.std([0.6, 0.7, 0.8]))
+    assert out.loc["warm", "logloss_mean"] == pytest.approx(0.6)
+    assert out.loc["warm", "n_seeds"] == 3 and out.loc["cold", "auc_std"] == 0
+
+
+def test_missing_etl_names_notebook_06(tmp_path: Path) -> None:
+    from mmlens.train import run_keras
+
+    with pytest.raises(MissingArtifactError, match="06-ETL"):
+        run_keras(Config(data_dir=tmp_path), epochs=1)
+
+
+def test_effective_batch_size() -> None:
+    assert keras_train.effective_batch_size(1024, 5760) == 288  # 20 steps per epoch
+    assert keras_train.effective_batch_size(1024, 10_000_000) == 1024
+    assert keras_train.effective_batch_size(1024, 100) == 32
+    assert keras_train.effective_batch_size(16, 100) == 16
+    with pytest.raises(ValueError):
+        keras_train.effective_batch_size(0, 100)
