@@ -61,56 +61,128 @@ class Artifact:
 _ARTIFACTS = [
     # 01 download and convert
     Artifact("raw_dir", "raw", "01", "the release zip, its .md5 and the extracted CSV/DAT files"),
-    Artifact("movies", "movies.parquet", "01",
-             "movieId int32, title, year Int, genres list<str>, imdbId 7-digit str, tmdbId Int"),
-    Artifact("ratings", "ratings.parquet", "01",
-             "userId int32, movieId int32, rating float32, timestamp int64"),
+    Artifact(
+        "movies",
+        "movies.parquet",
+        "01",
+        "movieId int32, title, year Int, genres list<str>, imdbId 7-digit str, tmdbId Int",
+    ),
+    Artifact(
+        "ratings",
+        "ratings.parquet",
+        "01",
+        "userId int32, movieId int32, rating float32, timestamp int64",
+    ),
     Artifact("tags", "tags.parquet", "01", "userId int32, movieId int32, tag str, timestamp int64"),
-    Artifact("convert_report", "convert_report.json", "01", "rows read, kept and dropped with reasons"),
+    Artifact(
+        "convert_report", "convert_report.json", "01", "rows read, kept and dropped with reasons"
+    ),
     # 02 enrichment
     Artifact("posters_dir", "enrich/posters", "02", "one RGB JPEG per movie: <movieId>.jpg"),
-    Artifact("synopses", "enrich/synopses.parquet", "02", "movieId int32, synopsis str, source str"),
-    Artifact("enrich_manifest", "enrich/manifest.parquet", "02",
-             "one row per catalog movie: status/source/http_status/error/bytes/sha256/fetched_at "
-             "per modality (poster_*, synopsis_*)"),
+    Artifact(
+        "synopses", "enrich/synopses.parquet", "02", "movieId int32, synopsis str, source str"
+    ),
+    Artifact(
+        "enrich_manifest",
+        "enrich/manifest.parquet",
+        "02",
+        "one row per catalog movie: status/source/http_status/error/bytes/sha256/fetched_at "
+        "per modality (poster_*, synopsis_*)",
+    ),
     Artifact("enrich_cache", "enrich/cache", "02", "raw responses keyed by provider and id"),
     # 03/04 feature extraction ({modality} is poster or text)
-    Artifact("embeddings", "features/{modality}_embeddings.npy", "03",
-             "float32 [n_catalog, dim], one row per catalog movie in movies.parquet order"),
-    Artifact("embedding_index", "features/{modality}_index.parquet", "03",
-             "row int64, movieId int32, has_{modality} bool"),
-    Artifact("embedding_meta", "features/{modality}_meta.json", "03",
-             "model id, weights hash or 'random', dim, preprocessing, pooling, input hash"),
-    Artifact("embedding_shard", "features/shards/{modality}-{shard}", "03",
-             "one slice of a sharded 03/04 run (embeddings.npy, index.parquet, meta.json)"),
-    Artifact("embeddings_pca", "features/{modality}_pca{dim}", "03",
-             "optional PCA of the embeddings: embeddings.npy, components.npy, mean.npy, meta.json"),
+    Artifact(
+        "embeddings",
+        "features/{modality}_embeddings.npy",
+        "03",
+        "float32 [n_catalog, dim], one row per catalog movie in movies.parquet order",
+    ),
+    Artifact(
+        "embedding_index",
+        "features/{modality}_index.parquet",
+        "03",
+        "row int64, movieId int32, has_{modality} bool",
+    ),
+    Artifact(
+        "embedding_meta",
+        "features/{modality}_meta.json",
+        "03",
+        "model id, weights hash or 'random', dim, preprocessing, pooling, input hash",
+    ),
+    Artifact(
+        "embedding_shard",
+        "features/shards/{modality}-{shard}",
+        "03",
+        "one slice of a sharded 03/04 run (embeddings.npy, index.parquet, meta.json)",
+    ),
+    Artifact(
+        "embeddings_pca",
+        "features/{modality}_pca{dim}",
+        "03",
+        "optional PCA of the embeddings: embeddings.npy, components.npy, mean.npy, meta.json",
+    ),
     # 05 feature store
-    Artifact("items", "store/items.parquet", "05",
-             "movieId, year, genres, has_poster, has_text, n_ratings (train only)"),
-    Artifact("pretrained", "store/pretrained_{modality}.npy", "05",
-             "float32 [n_items, dim] aligned to items.parquet rows, missing rows per policy"),
-    Artifact("pretrained_meta", "store/pretrained_{modality}.json", "05",
-             "missing-row policy and counts, PCA explained variance, the 03/04 metadata"),
-    Artifact("split", "store/splits/{split}", "05",
-             "train/valid/test parquet (userId, movieId, rating, timestamp, label) + split.json"),
+    Artifact(
+        "items",
+        "store/items.parquet",
+        "05",
+        "movieId, year, genres, has_poster, has_text, n_ratings (train only)",
+    ),
+    Artifact(
+        "pretrained",
+        "store/pretrained_{modality}.npy",
+        "05",
+        "float32 [n_items, dim] aligned to items.parquet rows, missing rows per policy",
+    ),
+    Artifact(
+        "pretrained_meta",
+        "store/pretrained_{modality}.json",
+        "05",
+        "missing-row policy and counts, PCA explained variance, the 03/04 metadata",
+    ),
+    Artifact(
+        "split",
+        "store/splits/{split}",
+        "05",
+        "train/valid/test parquet (userId, movieId, rating, timestamp, label) + split.json",
+    ),
     # 06 NVTabular ETL
     Artifact("workflow", "etl/{split}/workflow", "06", "the fitted NVTabular workflow"),
-    Artifact("etl_output", "etl/{split}/{part}", "06",
-             "parquet with _file_list.txt and _metadata.json; part is train, valid or test"),
-    Artifact("etl_pretrained", "etl/{split}/pretrained_{modality}.npy", "06",
-             "pretrained table re-ordered to Categorify's movieId codes, reserved rows zero"),
-    Artifact("sparse_model", "etl/{split}/hugectr/{modality}_sparse", "06",
-             "HugeCTR sparse-model dir: key (int64, slot offsets applied), emb_vector (float32)"),
-    Artifact("etl_schema", "etl/{split}/schema.json", "06",
-             "slot columns, slot_size_array, offsets, dense and label columns: what 07 reads"),
+    Artifact(
+        "etl_output",
+        "etl/{split}/{part}",
+        "06",
+        "parquet with _file_list.txt and _metadata.json; part is train, valid or test",
+    ),
+    Artifact(
+        "etl_pretrained",
+        "etl/{split}/pretrained_{modality}.npy",
+        "06",
+        "pretrained table re-ordered to Categorify's movieId codes, reserved rows zero",
+    ),
+    Artifact(
+        "sparse_model",
+        "etl/{split}/hugectr/{modality}_sparse",
+        "06",
+        "HugeCTR sparse-model dir: key (int64, slot offsets applied), emb_vector (float32)",
+    ),
+    Artifact(
+        "etl_schema",
+        "etl/{split}/schema.json",
+        "06",
+        "slot columns, slot_size_array, offsets, dense and label columns: what 07 reads",
+    ),
     # 07-09 training and evaluation
     Artifact("hugectr_dir", "models/hugectr/{split}", "07", "generated HugeCTR script, snapshots"),
     Artifact("keras_dir", "models/keras/{split}/{variant}", "08", "saved Keras model + history"),
     Artifact("metrics", "metrics/{stage}.json", "07", "metrics json written by stages 07, 08, 09"),
     Artifact("figures", "figures", "09", "PNG figures"),
-    Artifact("ablation_table", "metrics/09-ablation.csv", "09",
-             "one row per split, variant and seed: AUC and logloss of the ablation"),
+    Artifact(
+        "ablation_table",
+        "metrics/09-ablation.csv",
+        "09",
+        "one row per split, variant and seed: AUC and logloss of the ablation",
+    ),
 ]
 
 ARTIFACTS: dict[str, Artifact] = {a.name: a for a in _ARTIFACTS}

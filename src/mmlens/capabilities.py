@@ -24,7 +24,11 @@ def gpu_count() -> int:
     if smi is None:
         return 0
     out = subprocess.run([smi, "-L"], capture_output=True, text=True, check=False)
-    return sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
+    return (
+        sum(line.startswith("GPU ") for line in out.stdout.splitlines())
+        if out.returncode == 0
+        else 0
+    )
 
 
 def has_cudf() -> bool:

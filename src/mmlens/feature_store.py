@@ -21,6 +21,8 @@ import pandas as pd
 from mmlens import artifacts, splits
 from mmlens.artifacts import MODALITIES, SPLITS
 from mmlens.config import Config
+from mmlens.features.reduce import pca_reduce
+from mmlens.train.hugectr_script import MAX_VEC_SIZE
 
 MISSING_POLICIES = ("zeros", "mean")
 SPLIT_COLUMNS = ["userId", "movieId", "rating", "timestamp", "label"]
@@ -29,8 +31,13 @@ SPLIT_COLUMNS = ["userId", "movieId", "rating", "timestamp", "label"]
 def run(cfg: Config, *, label_threshold: float = 3.0, missing_policy: str = "zeros",
         cold_share: float = 0.2, temporal_k: int | None = None,
         modalities: tuple[str, ...] | list[str] = MODALITIES,
-        pca_dim: int | None = None) -> dict[str, Any]:
-    """Build the feature store of ``cfg``'s dataset; returns a summary dict."""
+        pca_dim: int | None = None, max_dim: int | None = MAX_VEC_SIZE) -> dict[str, Any]:
+    """Build the feature store of ``cfg``'s dataset; returns a summary dict.
+
+    ``pca_dim`` reduces every table by PCA fitted on the catalog rows with content. Without it, a
+    table wider than ``max_dim`` (default: HugeCTR's 1024 cap on ``embedding_vec_size``) is reduced
+    to ``min(max_dim, rows with content)`` dimensions, said in the output; never truncated.
+    """
     modalities = _check_options(missing_policy, cold_share, temporal_k, modalities, pca_dim)
     movies = pd.read_parquet(artifacts.require(cfg, "movies"))
     embedding_paths = {m: _require_embeddings(cfg, m) for m in modalities}
@@ -48,7 +55,8 @@ def run(cfg: Config, *, label_threshold: float = 3.0, missing_policy: str = "zer
     items = build_items(movies, cut["random"].train)
     for m in modalities:
         table, has, meta = pretrained_table(movies["movieId"], m, *embedding_paths[m],
-                                            missing_policy=missing_policy, pca_dim=pca_dim)
+                                            missing_policy=missing_policy, pca_dim=pca_dim,
+                                            max_dim=max_dim)
         items[f"has_{m}"] = has
         target = artifacts.path(cfg, "pretrained", modality=m)
         with artifacts.atomic_path(target) as tmp:
@@ -107,7 +115,8 @@ def build_items(movies: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
 
 def pretrained_table(movie_ids: pd.Series, modality: str, embeddings_path: Path,
                      index_path: Path, meta_path: Path, *, missing_policy: str = "zeros",
-                     pca_dim: int | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+                     pca_dim: int | None = None, max_dim: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """The 03/04 embeddings re-keyed to ``movie_ids`` by movieId, the has-flags, a meta dict.
 
     Keyed through the index parquet (never by position alone); every catalog movie must be in it.
@@ -131,6 +140,10 @@ def pretrained_table(movie_ids: pd.Series, modality: str, embeddings_path: Path,
         raise ValueError(f"{index_path} points outside {embeddings_path} ({len(vectors)} rows)")
     table = np.ascontiguousarray(vectors[rows], dtype=np.float32)
     pca: dict[str, Any] | None = None
+    if pca_dim is None and max_dim is not None and table.shape[1] > max_dim:
+        pca_dim = min(max_dim, int(has.sum()))
+        print(f"{modality}: {table.shape[1]}-d is wider than {max_dim}; PCA to {pca_dim}-d "
+              f"(fitted on the {int(has.sum())} catalog rows with content)")
     if pca_dim is not None:
         table, pca = reduce_pca(table, has, pca_dim)
     table = fill_missing(table, has, missing_policy)
@@ -157,25 +170,11 @@ def fill_missing(table: np.ndarray, has: np.ndarray, policy: str) -> np.ndarray:
 
 
 def reduce_pca(table: np.ndarray, has: np.ndarray, dim: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """Project on the top ``dim`` principal axes fitted on the present rows (signs fixed)."""
-    present = table[has].astype(np.float64)
-    if dim > min(present.shape):
-        raise ValueError(f"pca_dim={dim} exceeds min(present rows, dim) = {min(present.shape)}")
-    mean = present.mean(axis=0)
-    centered = present - mean
-    cov = centered.T @ centered / max(len(present) - 1, 1)
-    eigval, eigvec = np.linalg.eigh(cov)
-    order = np.argsort(eigval)[::-1][:dim]
-    axes = eigvec[:, order]
-    axes *= np.where(axes[np.abs(axes).argmax(axis=0), range(dim)] < 0, -1.0, 1.0)
-    total = float(eigval.clip(min=0).sum())
-    ratio = (eigval[order].clip(min=0) / total) if total > 0 else np.zeros(dim)
-    reduced = ((table.astype(np.float64) - mean) @ axes).astype(np.float32)
-    info = {"dim": dim, "fitted_on": f"{len(present)} present catalog rows (label-free)",
-            "explained_variance_ratio": [float(r) for r in ratio],
-            "explained_variance_total": float(ratio.sum())}
+    """PCA of the table fitted on the present rows (see :func:`mmlens.features.reduce.pca_reduce`);
+    returns the reduced table and the JSON-ready record of it (explained variance)."""
+    reduced, info = pca_reduce(table, has, dim)
+    info = {k: v for k, v in info.items() if k not in ("components", "mean")}
     return reduced, info
-
 
 def _write_split(cfg: Config, split: splits.Split, label_threshold: float) -> dict[str, Any]:
     target = artifacts.path(cfg, "split", split=split.name)

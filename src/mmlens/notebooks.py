@@ -1,8 +1,9 @@
-"""Execute the tutorial notebooks headless, in order: used by `make demo`, `make notebooks` and tests.
+"""Execute the tutorial notebooks headless, in order (`make demo`, `make notebooks`, the tests).
 
 A notebook reads its settings from ``MMLENS_*`` environment variables (see :mod:`mmlens.config`)
-through its ``parameters`` cell, so running one in sample mode means setting those variables for the
-kernel. Executed copies keep their outputs; the committed notebooks carry the outputs of a sample run.
+through its ``parameters`` cell, so running one in sample mode means setting those variables
+for the kernel. Executed copies keep their outputs; the committed notebooks carry the outputs of a
+sample run.
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ def execute(
 
     nb = nbformat.read(notebook, as_version=4)
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(notebook.parent)}},
     )
     start = time.perf_counter()
     with _environ(dict(env or {})):
@@ -78,11 +82,12 @@ def sample_env(data_dir: Path, profile: str = "default") -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
-        "MPLBACKEND": "Agg",
     }
 
 
-def run_all(out_dir: Path | None, env: Mapping[str, str], *, in_place: bool = False) -> dict[str, float]:
+def run_all(
+    out_dir: Path | None, env: Mapping[str, str], *, in_place: bool = False
+) -> dict[str, float]:
     """Execute every notebook in order; executed copies go to ``out_dir`` (or back in place)."""
     timings: dict[str, float] = {}
     for nb in notebook_paths():

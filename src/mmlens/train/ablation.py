@@ -109,21 +109,20 @@ def _write(cfg: Config, runs: pd.DataFrame, summary: pd.DataFrame, fine_tune: bo
     artifacts.write_json(artifacts.path(cfg, "metrics", stage="09"),
                          {k: evaluate.clean(v) if isinstance(v, dict) else v
                           for k, v in nested.items()})
-    plot(summary, artifacts.path(cfg, "figures") / FIGURE_NAME)
+    with artifacts.atomic_path(artifacts.path(cfg, "figures") / FIGURE_NAME) as tmp:
+        plot(summary).savefig(tmp, format="png", dpi=100)
 
 
-def plot(summary: pd.DataFrame, target: Any) -> Any:
+def plot(summary: pd.DataFrame) -> Any:
     """Grouped bar chart of mean test AUC (error bars: std over seeds) per variant and setting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure
 
     settings = list(dict.fromkeys(summary["setting"]))
     variants = list(dict.fromkeys(summary["variant"]))
     width = 0.8 / max(len(settings), 1)
-    fig, ax = plt.subplots(figsize=(1.4 * len(variants) + 2, 3.5))
+    fig = Figure(figsize=(1.4 * len(variants) + 2, 3.5))
+    ax = fig.subplots()
     x = np.arange(len(variants))
     for i, setting in enumerate(settings):
         part = summary[summary["setting"] == setting].set_index("variant").reindex(variants)
@@ -137,7 +136,4 @@ def plot(summary: pd.DataFrame, target: Any) -> Any:
     ax.set_title("Do pretrained embeddings help?")
     ax.legend()
     fig.tight_layout()
-    with artifacts.atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return target
+    return fig
