@@ -124,28 +124,25 @@ def genre_agreement(cfg: Config, modality: str) -> dict[str, Any]:
     return neighbours.genre_agreement(emb, index[f"has_{modality}"].to_numpy(), genres)
 
 
+def _enable_display() -> None:
+    """Importing pyplot lets Jupyter's inline backend render returned Figure objects."""
+    import matplotlib.pyplot  # noqa: F401
+
+
 def training_curves(cfg: Config, split: str = "random", variant: str = "mlp") -> Any:
     """Loss and AUC per epoch, train and validation, from the saved Keras history."""
-    history = artifacts.read_json(
-        artifacts.require(cfg, "keras_dir", split=split, variant=variant) / "history.json"
-    )
-    fig, axes = _subplots(1, 2, figsize=(10, 3.2))
-    for ax, metric in zip(axes, ("loss", "auc"), strict=True):
-        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
-            if key in history:
-                ax.plot(range(1, len(history[key]) + 1), history[key], style, label=key)
-        ax.set(xlabel="epoch", title=metric)
-        ax.legend()
-    fig.tight_layout()
-    return fig
+    from mmlens.train.keras_train import curves_figure
+
+    _enable_display()
+    keras_dir = artifacts.require(cfg, "keras_dir", split=split, variant=variant)
+    return curves_figure(artifacts.read_json(keras_dir / "history.json"))
 
 
 def ablation_chart(cfg: Config) -> Any:
     """Mean test AUC per variant, warm and cold, with the spread over seeds (from notebook 09)."""
-    import matplotlib.pyplot  # noqa: F401  (activates Jupyter's figure display)
-
     from mmlens.train import ablation
 
+    _enable_display()
     runs = pd.read_csv(artifacts.require(cfg, "ablation_table"))
     return ablation.plot(ablation.summarize(runs))
 

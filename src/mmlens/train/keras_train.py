@@ -101,14 +101,12 @@ def fit(
     return history
 
 
-def plot_curves(history: dict[str, list[float]], target: Path) -> Path:
-    """Loss and AUC per epoch, train vs validation."""
-    import matplotlib
+def curves_figure(history: dict[str, list[float]]) -> Any:
+    """Loss and AUC per epoch, train vs validation (a pyplot-free Figure)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    axes = fig.subplots(1, 2)
     for ax, key in zip(axes, ("loss", "auc"), strict=True):
         for prefix, style in (("", "-"), ("val_", "--")):
             if prefix + key in history:
@@ -118,9 +116,13 @@ def plot_curves(history: dict[str, list[float]], target: Path) -> Path:
         ax.set_title(key)
         ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(history: dict[str, list[float]], target: Path) -> Path:
+    """Save :func:`curves_figure` as a PNG."""
     with artifacts.atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+        curves_figure(history).savefig(tmp, format="png", dpi=100)
     return target
 
 
