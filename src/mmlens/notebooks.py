@@ -82,6 +82,7 @@ def sample_env(data_dir: Path, profile: str = "default") -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        "TQDM_MININTERVAL": "5",  # progress bars: a few lines in saved outputs, not hundreds
     }
 
 

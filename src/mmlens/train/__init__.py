@@ -9,27 +9,17 @@ Importing this package is cheap; TensorFlow loads only when a model is built or 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from mmlens.config import Config
 
 
-def run_keras(
-    cfg: Config,
-    *,
-    split: str = "random",
-    variant: str = "mlp",
-    modalities: Sequence[str] = ("poster", "text"),
-    epochs: int = 8,
-    seed: int | None = None,
-    **options: Any,
-) -> dict[str, Any]:
-    """Notebook 08: train and evaluate a Keras model; see :func:`mmlens.train.keras_train.run`."""
+def run_keras(cfg: Config, **options: Any) -> dict[str, Any]:
+    """Notebook 08: train and evaluate a Keras model; options and defaults are those of
+    :func:`mmlens.train.keras_train.run` (imported here lazily, with TensorFlow)."""
     from mmlens.train import keras_train
 
-    return keras_train.run(cfg, split=split, variant=variant, modalities=modalities,
-                           epochs=epochs, seed=seed, **options)
+    return keras_train.run(cfg, **options)
 
 
 def recommend_for(cfg: Config, user_id: int, k: int = 10, **options: Any) -> Any:
