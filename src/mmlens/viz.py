@@ -14,17 +14,22 @@ from mmlens.features import neighbours
 from mmlens.features.outputs import load_embeddings
 
 
-def _subplots(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
-    """A new figure that notebooks display once, as the returned value.
+def _new_figure(figsize: tuple[float, float]) -> Any:
+    """A pyplot figure that notebooks display once, as the returned value.
 
-    The figure is closed in pyplot right away, so Jupyter's inline backend does not show it a
-    second time at the end of the cell.
+    Made through pyplot so that Jupyter's inline backend is active and renders it; closed in pyplot
+    right away so that the backend does not show it a second time at the end of the cell.
     """
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(*args, **kwargs)
+    fig = plt.figure(figsize=figsize)
     plt.close(fig)
-    return fig, axes
+    return fig
+
+
+def _subplots(*args: Any, figsize: tuple[float, float], **kwargs: Any) -> tuple[Any, Any]:
+    fig = _new_figure(figsize)
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def _movies(cfg: Config) -> pd.DataFrame:
@@ -124,27 +129,22 @@ def genre_agreement(cfg: Config, modality: str) -> dict[str, Any]:
     return neighbours.genre_agreement(emb, index[f"has_{modality}"].to_numpy(), genres)
 
 
-def _enable_display() -> None:
-    """Importing pyplot lets Jupyter's inline backend render returned Figure objects."""
-    import matplotlib.pyplot  # noqa: F401
-
-
 def training_curves(cfg: Config, split: str = "random", variant: str = "mlp") -> Any:
     """Loss and AUC per epoch, train and validation, from the saved Keras history."""
-    from mmlens.train.keras_train import curves_figure
+    from mmlens.train.keras_train import CURVES_SIZE, curves_figure
 
-    _enable_display()
     keras_dir = artifacts.require(cfg, "keras_dir", split=split, variant=variant)
-    return curves_figure(artifacts.read_json(keras_dir / "history.json"))
+    history = artifacts.read_json(keras_dir / "history.json")
+    return curves_figure(history, _new_figure(CURVES_SIZE))
 
 
 def ablation_chart(cfg: Config) -> Any:
     """Mean test AUC per variant, warm and cold, with the spread over seeds (from notebook 09)."""
     from mmlens.train import ablation
 
-    _enable_display()
     runs = pd.read_csv(artifacts.require(cfg, "ablation_table"))
-    return ablation.plot(ablation.summarize(runs))
+    summary = ablation.summarize(runs)
+    return ablation.plot(summary, _new_figure(ablation.figure_size(summary)))
 
 
 def coverage_chart(coverage: pd.DataFrame) -> Any:

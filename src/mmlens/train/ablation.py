@@ -113,15 +113,22 @@ def _write(cfg: Config, runs: pd.DataFrame, summary: pd.DataFrame, fine_tune: bo
         plot(summary).savefig(tmp, format="png", dpi=100)
 
 
-def plot(summary: pd.DataFrame) -> Any:
-    """Grouped bar chart of mean test AUC (error bars: std over seeds) per variant and setting."""
-    import numpy as np
-    from matplotlib.figure import Figure
+def figure_size(summary: pd.DataFrame) -> tuple[float, float]:
+    return (1.4 * summary["variant"].nunique() + 2, 3.5)
 
+
+def plot(summary: pd.DataFrame, fig: Any = None) -> Any:
+    """Grouped bar chart of mean test AUC (error bars: std over seeds) per variant and setting,
+    drawn on ``fig`` (a new pyplot-free Figure when None)."""
+    import numpy as np
+
+    if fig is None:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=figure_size(summary))
     settings = list(dict.fromkeys(summary["setting"]))
     variants = list(dict.fromkeys(summary["variant"]))
     width = 0.8 / max(len(settings), 1)
-    fig = Figure(figsize=(1.4 * len(variants) + 2, 3.5))
     ax = fig.subplots()
     x = np.arange(len(variants))
     for i, setting in enumerate(settings):

@@ -101,11 +101,16 @@ def fit(
     return history
 
 
-def curves_figure(history: dict[str, list[float]]) -> Any:
-    """Loss and AUC per epoch, train vs validation (a pyplot-free Figure)."""
-    from matplotlib.figure import Figure
+CURVES_SIZE = (9.0, 3.5)
 
-    fig = Figure(figsize=(9, 3.5))
+
+def curves_figure(history: dict[str, list[float]], fig: Any = None) -> Any:
+    """Loss and AUC per epoch, train vs validation, drawn on ``fig`` (a new pyplot-free Figure
+    when None)."""
+    if fig is None:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=CURVES_SIZE)
     axes = fig.subplots(1, 2)
     for ax, key in zip(axes, ("loss", "auc"), strict=True):
         for prefix, style in (("", "-"), ("val_", "--")):
@@ -155,6 +160,11 @@ def load_model(path: Path) -> Any:
     return keras.saving.load_model(path)
 
 
+UNSEEN_POLICIES = ("zero", "keep")
+# the cold-aware model of 08/09 (see mmlens.train.models); 07 passes HugeCTR's plain MLP instead
+DEFAULT_MODEL_OPTIONS: dict[str, Any] = {"tower": True, "item_dropout": 0.25}
+
+
 def train_and_evaluate(
     etl_dir: Path,
     schema: dict[str, Any],
@@ -169,13 +179,19 @@ def train_and_evaluate(
     fine_tune: bool = False,
     out_dir: Path | None = None,
     model_options: dict[str, Any] | None = None,
+    unseen_items: str = "zero",
 ) -> tuple[Any, dict[str, Any]]:
     """Build, fit and score one model on ``etl_dir``; return ``(model, metrics)``.
 
-    ``batch_size`` is an upper bound, see :func:`effective_batch_size`.
+    ``batch_size`` is an upper bound, see :func:`effective_batch_size`. ``model_options`` go to
+    the builder (default :data:`DEFAULT_MODEL_OPTIONS`). ``unseen_items="zero"`` treats movies
+    absent from the train part as unknown (zero id vector, :func:`models.known_mask`), at
+    validation, test and recommendation time; ``"keep"`` leaves their untrained id vectors.
     """
     from mmlens.train import models
 
+    if unseen_items not in UNSEEN_POLICIES:
+        raise ValueError(f"unseen_items must be one of {UNSEEN_POLICIES}, got {unseen_items!r}")
     set_seed(seed)
     mods = tuple(modalities)
     tables = data.load_tables(etl_dir, schema, mods)
@@ -185,9 +201,14 @@ def train_and_evaluate(
     train_ds = data.make_dataset(parts["train"], schema, shuffle=True, seed=seed, **kw)
     valid_ds = data.make_dataset(parts["valid"], schema, **kw)
     test_ds = data.make_dataset(parts["test"], schema, **kw)
+    options = dict(DEFAULT_MODEL_OPTIONS if model_options is None else model_options)
+    if unseen_items == "zero":
+        card = next(s["cardinality"] for s in schema["slots"] if s["name"] == models.ITEM_SLOT)
+        seen = data.seen_codes(parts["train"], schema, models.ITEM_SLOT)
+        options["known_items"] = models.known_mask(card, seen)
     with strategy_scope():
         model = models.build(variant, schema, tables, modalities=mods,
-                             trainable_tables=fine_tune, **(model_options or {}))
+                             trainable_tables=fine_tune, **options)
         compile_model(model, lr)
     history = fit(model, train_ds, valid_ds, epochs=epochs, patience=patience,
                   out_dir=out_dir)
@@ -196,6 +217,7 @@ def train_and_evaluate(
     metrics["epochs_run"] = len(history.get("loss", []))
     metrics["best_val_auc"] = max(history.get("val_auc", [float("nan")]))
     metrics["batch_size"] = batch_size
+    metrics["unseen_items"] = unseen_items
     return model, metrics
 
 
