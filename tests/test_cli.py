@@ -25,3 +25,9 @@ def test_parse_option() -> None:
     assert cli.parse_option("model_id=bert-base-uncased") == ("model_id", "bert-base-uncased")
     with pytest.raises(argparse.ArgumentTypeError):
         cli.parse_option("no-equals")
+
+
+def test_missing_input_is_one_clear_line(tmp_path, capsys) -> None:
+    assert cli.main(["05", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "01-Download-Convert.ipynb" in err and "Traceback" not in err

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mmlens.artifacts import MissingArtifactError
 from mmlens.config import Config
 
 # stage -> (module, function): the same callables the notebooks use.
@@ -56,7 +57,8 @@ def parse_option(text: str) -> tuple[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmlens", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mmlens", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=[*STAGES, "all", "demo", "notebooks", "world", "serve"])
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--dataset")
@@ -80,7 +82,16 @@ def run_stage(cfg: Config, stage: str, **options: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; a missing input artifact is reported in one line (exit status 2)."""
     args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except MissingArtifactError as err:
+        print(f"mmlens: {err}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     cfg = Config.from_env(
         data_dir=args.data_dir, dataset=args.dataset, sample_profile=args.sample_profile,
         seed=args.seed, device=args.device,
