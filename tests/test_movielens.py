@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import errno
 import hashlib
 import json
@@ -20,6 +21,7 @@ import pytest
 from mmlens import artifacts, movielens
 from mmlens.config import Config
 from mmlens.movielens import download as download_mod
+from mmlens.movielens import ratings as ratings_mod
 from mmlens.movielens.convert import convert, split_title_year
 from mmlens.movielens.download import ChecksumError, DiskWriteError, DownloadError, download
 from mmlens.movielens.extract import ExtractError, extract
@@ -466,6 +468,72 @@ def test_convert_ml100k(tmp_path: Path) -> None:
     assert report["ratings"]["dropped"] == {"rating_out_of_range": 1}
 
 
+ML25M_MOVIES_CSV = (
+    "movieId,title,genres\n"
+    '1,"""Great Performances"" Cats (1998)",Musical\n'
+    "2,Fawlty Towers (1975\u20131979),Comedy\n"
+    '3,"Millions Game, The (Das Millionenspiel)",Action|Drama|Sci-Fi|Thriller\n'
+    "4,Hyena Road,(no genres listed)\n"
+    '5,"Nine Lives of Tomas Katz, The (2000) ",Comedy|Drama|Fantasy\n'
+    "6,Big Bang Theory (2007-),Comedy\n"
+)
+
+
+def test_convert_ml25m_title_quirks(tmp_path: Path) -> None:
+    links = "movieId,imdbId,tmdbId\n" + "".join(f"{i},00{i}0000,\n" for i in range(1, 7))
+    ratings = "userId,movieId,rating,timestamp\n1,1,4.0,1\n"
+    files = _write(tmp_path, movies=ML25M_MOVIES_CSV, links=links, ratings=ratings)
+    report = convert("csv", files, _outs(tmp_path))
+    movies = pd.read_parquet(_outs(tmp_path)["movies"])
+    assert movies["title"].tolist() == [
+        '"Great Performances" Cats', "Fawlty Towers", "Millions Game, The (Das Millionenspiel)",
+        "Hyena Road", "Nine Lives of Tomas Katz, The", "Big Bang Theory"]
+    assert movies["year"].astype(object).where(movies["year"].notna(), None).tolist() == [
+        1998, 1975, None, None, 2000, 2007]
+    assert list(movies["genres"][3]) == [] and report["movies"]["dropped"] == {}
+
+
+def _ratings_text(eol: str = "\n") -> str:
+    rows = ["userId,movieId,rating,timestamp"] + [
+        f"{u},{m},{r},{1_000_000_000 + u * 100 + m}" for u in range(1, 40) for m in (1, 29, 41)
+        for r in (["3.5"] if (u + m) % 7 else ["4.0", "5"])]  # some pairs twice, in a row
+    return "\ufeff" + eol.join(rows)  # a BOM, and no line end after the last row
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+def test_ratings_pieces_give_the_same_result(tmp_path: Path, monkeypatch, eol: str) -> None:
+    files = _write(tmp_path, movies=MOVIES_CSV, links=LINKS_CSV, ratings=_ratings_text(eol))
+    whole = convert("csv", files, _outs(tmp_path))
+    expected = pd.read_parquet(_outs(tmp_path)["ratings"])
+    monkeypatch.setattr(ratings_mod, "PIECE_BYTES", 24)  # most pieces hold one line, some part
+    pieces = convert("csv", files, _outs(tmp_path))
+    assert pieces == whole and whole["ratings"]["dropped"] == {
+        "duplicate_user_movie (latest kept)": 16}
+    pd.testing.assert_frame_equal(pd.read_parquet(_outs(tmp_path)["ratings"]), expected)
+    assert len(expected) == 39 * 3 and set(expected["rating"]) == {3.5, 5.0}
+
+
+def test_sorted_ratings_are_not_read_back(tmp_path: Path, monkeypatch) -> None:
+    text = "userId,movieId,rating,timestamp\n1,1,4.0,5\n1,29,3.0,6\n2,1,5.0,7\n2,29,1.0,1\n"
+    files = _write(tmp_path, movies=MOVIES_CSV, links=LINKS_CSV, ratings=text)
+    monkeypatch.setattr(ratings_mod, "PIECE_BYTES", 30)
+
+    def fail(*_: object) -> None:
+        raise AssertionError("a sorted file needs no duplicate search")
+
+    monkeypatch.setattr(ratings_mod, "_drop_older_duplicates", fail)
+    report = convert("csv", files, _outs(tmp_path))
+    assert report["ratings"]["rows_kept"] == 4
+    assert not pq.read_schema(_outs(tmp_path)["ratings"]).field("rating").nullable
+
+
+def test_bad_number_names_the_file_and_offset(tmp_path: Path) -> None:
+    text = "userId,movieId,rating,timestamp\n1,1,4.0,5\n1,x,3.0,6\n"
+    files = _write(tmp_path, movies=MOVIES_CSV, links=LINKS_CSV, ratings=text)
+    with pytest.raises(ValueError, match=r"ratings\.csv \(in the lines from byte 32\)"):
+        convert("csv", files, _outs(tmp_path))
+
+
 # ----------------------------------------------------------------------------- the stage
 
 
@@ -522,6 +590,63 @@ def test_run_local_zip_checked_against_md5_beside_it(tmp_path: Path, world: Path
     assert movielens.run(_cfg(tmp_path), zip_path=local)["source"]["verified"] is True
 
 
+ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+                 "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+                 "Romance", "Sci-Fi", "Thriller", "War", "Western")
+
+
+def _release_zip(path: Path, folder: str, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(f"{folder}/{name}", data)
+    return path
+
+
+def test_run_ml100k_release_layout_reports_count_mismatches(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    flags = ["0"] * 19
+    item = "|".join(["1", "Toy Story (1995)", "01-Jan-1995", "",
+                     "http://us.imdb.com/M/title-exact?Toy%20Story%20(1995)", *flags[:3], "1", "1",
+                     "1", *flags[6:]])
+    unknown = "|".join(["267", "unknown", "", "", "", "1", *flags[1:]])
+    zpath = _release_zip(tmp_path / "ml-100k.zip", "ml-100k", {
+        "u.data": b"196\t1\t3\t881250949\n186\t267\t1\t891717742\n",
+        "u.item": f"{item}\n{unknown}\n".encode("latin-1"),
+        "u.genre": "".join(f"{g}|{i}\n" for i, g in enumerate(ML100K_GENRES)).encode() + b"\n",
+        "u1.base": b"1\t1\t1\t1\n", "README": b"100,000 ratings\n"})
+    monkeypatch.setitem(RELEASES, "ml-100k", dataclasses.replace(RELEASES["ml-100k"], md5=None))
+    cfg = _cfg(tmp_path, dataset="ml-100k")
+    report = movielens.run(cfg, zip_path=zpath)
+    assert report["expected_mismatches"] == {
+        "ratings": {"expected": 100_000, "actual": 2}, "movies": {"expected": 1_682, "actual": 2},
+        "rated_movies": {"expected": 1_682, "actual": 2}, "users": {"expected": 943, "actual": 2}}
+    assert "note: ratings = 2, the release is documented with 100,000" in capsys.readouterr().out
+    movies = pd.read_parquet(artifacts.path(cfg, "movies"))
+    assert [list(g) for g in movies["genres"]] == [["Animation", "Children's", "Comedy"], []]
+    tags = pq.read_table(artifacts.path(cfg, "tags"))
+    assert tags.num_rows == 0 and tags.schema.names == ["userId", "movieId", "tag", "timestamp"]
+    assert report["tables"]["tags"]["note"] == "this release has no tags"
+
+
+def test_run_ml1m_release_layout(tmp_path: Path, monkeypatch) -> None:
+    zpath = _release_zip(tmp_path / "ml-1m.zip", "ml-1m", {
+        "movies.dat": "1::Toy Story (1995)::Animation|Children's|Comedy\n"
+                      "2::Jumanji (1995)::Adventure|Children's|Fantasy\n"
+                      "3::Misérables, Les (1995)::Drama|Musical\n".encode("latin-1"),
+        "ratings.dat": b"1::2::5::978300760\n1::1::3::978302109\n2::2::4::978301968\n",
+        "users.dat": b"1::F::1::10::48067\n", "README": b"1,000,209 ratings\n"})
+    monkeypatch.setitem(RELEASES, "ml-1m", dataclasses.replace(RELEASES["ml-1m"], md5=None))
+    cfg = _cfg(tmp_path, dataset="ml-1m")
+    report = movielens.run(cfg, zip_path=zpath)
+    assert report["expected_mismatches"]["rated_movies"] == {"expected": 3_706, "actual": 2}
+    assert "tags" not in report["expected_mismatches"]
+    assert pd.read_parquet(artifacts.path(cfg, "movies"))["title"].tolist()[2] == \
+        "Misérables, Les"
+    assert pd.read_parquet(artifacts.path(cfg, "ratings"))["movieId"].tolist() == [2, 1, 2]
+    assert pq.read_metadata(artifacts.path(cfg, "tags")).num_rows == 0
+
+
 def test_describe_without_outputs_names_notebook(tmp_path: Path) -> None:
     with pytest.raises(artifacts.MissingArtifactError, match="01"):
         movielens.describe(_cfg(tmp_path))
@@ -536,6 +661,7 @@ def test_real_ml_latest_small(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, dataset="ml-latest-small")
     report = movielens.run(cfg, zip_path=zpath)
     assert report["expected_mismatches"] == {}
+    assert movielens._counts(cfg)["rated_movies"] == 9_724
     assert all(not t["dropped"] for t in report["tables"].values())
     summary = movielens.describe(cfg)
     assert (summary["ratings"], summary["movies"], summary["tags"], summary["users"]) == (

@@ -165,13 +165,23 @@ def _expected_mismatches(release: Release, cfg: Config) -> dict[str, dict[str, i
 def _counts(cfg: Config) -> dict[str, int]:
     import pyarrow.parquet as pq
 
-    ratings = pq.read_table(artifacts.path(cfg, "ratings"), columns=["userId"])
+    ratings = pq.read_table(artifacts.path(cfg, "ratings"), columns=["userId", "movieId"])
     return {
         "ratings": ratings.num_rows,
         "movies": pq.read_metadata(artifacts.path(cfg, "movies")).num_rows,
         "tags": pq.read_metadata(artifacts.path(cfg, "tags")).num_rows,
-        "users": len(np.unique(ratings["userId"].to_numpy())),
+        "users": _distinct(ratings["userId"].to_numpy()),
+        "rated_movies": _distinct(ratings["movieId"].to_numpy()),
     }
+
+
+def _distinct(ids: np.ndarray) -> int:
+    """Number of distinct ids: a bincount for the usual small non-negative ids, else a sort."""
+    if len(ids) == 0:
+        return 0
+    if ids.min() >= 0 and ids.max() < 100_000_000:
+        return int(np.count_nonzero(np.bincount(ids)))
+    return len(np.unique(ids))
 
 
 def _print_summary(report: dict[str, Any]) -> None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,53 +25,24 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mmlens.artifacts import atomic_path
+from mmlens.movielens.ratings import Pieces, csv_pieces, write_ratings
+from mmlens.movielens.schema import (
+    MOVIES_SCHEMA,
+    RATINGS_SCHEMA,
+    TAGS_SCHEMA,
+    ConvertError,
+    TableReport,
+)
+
+__all__ = ["MOVIES_SCHEMA", "RATINGS_SCHEMA", "TAGS_SCHEMA", "ConvertError", "RawRelease",
+           "TableReport", "convert", "split_genres", "split_title_year"]
+
+RATING_COLUMNS = [f.name for f in RATINGS_SCHEMA]
 
 NO_GENRES = "(no genres listed)"
 
-MOVIES_SCHEMA = pa.schema([
-    ("movieId", pa.int32()),
-    ("title", pa.string()),
-    ("year", pa.int16()),
-    ("genres", pa.list_(pa.string())),
-    ("imdbId", pa.string()),
-    ("tmdbId", pa.int64()),
-])
-RATINGS_SCHEMA = pa.schema([
-    ("userId", pa.int32()),
-    ("movieId", pa.int32()),
-    ("rating", pa.float32()),
-    ("timestamp", pa.int64()),
-])
-TAGS_SCHEMA = pa.schema([
-    ("userId", pa.int32()),
-    ("movieId", pa.int32()),
-    ("tag", pa.string()),
-    ("timestamp", pa.int64()),
-])
-
 # "Title (1999)", "Title (2006-2007)", "Title (2006-)", "Title (2006–2007)"; the year is the first.
 _TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})(?:\s*[-\u2013]\s*(?:\d{4})?)?\)$")
-
-
-class ConvertError(ValueError):
-    """An input file cannot be read as the release format says."""
-
-
-@dataclass
-class TableReport:
-    """Rows read, kept and dropped (by reason) for one output table."""
-
-    rows_read: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-    rows_kept: int = 0
-
-    def drop(self, reason: str, n: int) -> None:
-        if n:
-            self.dropped[reason] = self.dropped.get(reason, 0) + int(n)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"rows_read": self.rows_read, "rows_kept": self.rows_kept,
-                "dropped": dict(self.dropped)}
 
 
 @dataclass
@@ -78,7 +50,7 @@ class RawRelease:
     """The release read into memory, before validation."""
 
     movies: pd.DataFrame  # movieId, title (raw, with year), genres (list[str])
-    ratings: pa.Table  # userId, movieId, rating, timestamp (may hold nulls)
+    ratings: Pieces  # pieces of userId, movieId, rating, timestamp (may hold nulls)
     tags: pa.Table | None = None
     links: pa.Table | None = None  # movieId, imdbId (str), tmdbId
 
@@ -110,7 +82,7 @@ def read_csv_release(files: Mapping[str, Path]) -> RawRelease:
     """ml-latest-small, ml-25m, ml-32m and the sample: ``movies/ratings/links[/tags].csv``."""
     movies = read_csv(files["movies.csv"], {"movieId": pa.int32(), "title": pa.string(),
                                             "genres": pa.string()}, newlines_in_values=True)
-    ratings = read_csv(files["ratings.csv"], _types(RATINGS_SCHEMA))
+    ratings = csv_pieces(files["ratings.csv"])
     links = read_csv(files["links.csv"], {"movieId": pa.int32(), "imdbId": pa.string(),
                                           "tmdbId": pa.int64()})
     tags = None
@@ -122,31 +94,9 @@ def read_csv_release(files: Mapping[str, Path]) -> RawRelease:
     return RawRelease(movies=frame, ratings=ratings, tags=tags, links=links)
 
 
-def _read_separated_ints(path: Path, names: list[str], delimiter: str, skip: int) -> pa.Table:
-    """Headerless numeric file whose separator is ``skip+1`` delimiters (``::`` is ``:``,``:``)."""
-    all_names: list[str] = []
-    for i, name in enumerate(names):
-        all_names.append(name)
-        if i < len(names) - 1:
-            all_names += [f"_gap{i}_{j}" for j in range(skip)]
-    types = {"userId": pa.int32(), "movieId": pa.int32(), "rating": pa.float32(),
-             "timestamp": pa.int64()}
-    try:
-        return pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(column_names=all_names, block_size=16 << 20),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter),
-            convert_options=pacsv.ConvertOptions(
-                column_types={n: types[n] for n in names}, include_columns=names),
-        )
-    except (pa.ArrowInvalid, pa.ArrowKeyError) as exc:
-        raise ConvertError(f"cannot read {path}: {exc}") from exc
-
-
 def read_ml1m_release(files: Mapping[str, Path]) -> RawRelease:
     """ml-1m: ``::``-separated latin-1 ``movies.dat`` and ``ratings.dat``; no links, no tags."""
-    ratings = _read_separated_ints(files["ratings.dat"], ["userId", "movieId", "rating",
-                                                          "timestamp"], ":", skip=1)
+    ratings = csv_pieces(files["ratings.dat"], RATING_COLUMNS, ":", skip=1)
     rows = []
     for n, line in enumerate(files["movies.dat"].read_text(encoding="latin-1").splitlines(), 1):
         if not line.strip():
@@ -163,8 +113,7 @@ def read_ml1m_release(files: Mapping[str, Path]) -> RawRelease:
 
 def read_ml100k_release(files: Mapping[str, Path]) -> RawRelease:
     """ml-100k: tab ``u.data``; pipe latin-1 ``u.item`` with 19 genre flags named in ``u.genre``."""
-    ratings = _read_separated_ints(files["u.data"], ["userId", "movieId", "rating", "timestamp"],
-                                   "\t", skip=0)
+    ratings = csv_pieces(files["u.data"], RATING_COLUMNS, "\t")
     genre_names: dict[int, str] = {}
     for line in files["u.genre"].read_text(encoding="latin-1").splitlines():
         if line.strip():
@@ -284,48 +233,6 @@ def _drop_nulls(table: pa.Table, report: TableReport) -> pa.Table:
     return table.filter(mask)
 
 
-def clean_ratings(ratings: pa.Table, catalog: np.ndarray, report: TableReport) -> pa.Table:
-    """Valid ratings of catalog movies, one per (userId, movieId), the latest kept; file order."""
-    report.rows_read = len(ratings)
-    ratings = _drop_nulls(ratings, report)
-    user = ratings["userId"].to_numpy().astype(np.int32, copy=False)
-    movie = ratings["movieId"].to_numpy().astype(np.int32, copy=False)
-    rating = ratings["rating"].to_numpy().astype(np.float32, copy=False)
-    ts = ratings["timestamp"].to_numpy().astype(np.int64, copy=False)
-    keep = np.ones(len(user), dtype=bool)
-
-    def drop(reason: str, bad: np.ndarray) -> None:
-        bad = bad & keep
-        report.drop(reason, int(bad.sum()))
-        keep[bad] = False
-
-    drop("rating_out_of_range", ~((rating >= 0.5) & (rating <= 5.0)))
-    drop("rating_not_half_step", (rating * 2) != np.round(rating * 2))
-    drop("unknown_movie", ~np.isin(movie, catalog))
-    drop("duplicate_user_movie (latest kept)", _older_duplicates(user, movie, ts, keep))
-    report.rows_kept = int(keep.sum())
-    return pa.table([user[keep], movie[keep], rating[keep], ts[keep]], schema=RATINGS_SCHEMA)
-
-
-def _older_duplicates(
-    user: np.ndarray, movie: np.ndarray, ts: np.ndarray, keep: np.ndarray
-) -> np.ndarray:
-    """Mask of kept rows that repeat a (user, movie) pair and are not its latest (then last) row."""
-    key = (user.astype(np.int64) << 32) | (movie.astype(np.int64) & 0xFFFFFFFF)
-    rows = np.flatnonzero(keep)
-    repeated = pd.Series(key[rows]).duplicated(keep=False).to_numpy()
-    older = np.zeros(len(key), dtype=bool)
-    rows = rows[repeated]
-    if len(rows) == 0:
-        return older
-    order = np.lexsort((rows, ts[rows], key[rows]))
-    sorted_rows = rows[order]
-    sorted_keys = key[sorted_rows]
-    is_last = np.r_[sorted_keys[1:] != sorted_keys[:-1], True]
-    older[sorted_rows[~is_last]] = True
-    return older
-
-
 def clean_tags(tags: pa.Table | None, catalog: np.ndarray, report: TableReport) -> pa.Table:
     """Tags of catalog movies with a non-empty tag, in file order."""
     if tags is None:
@@ -351,6 +258,15 @@ def _write_table(table: pa.Table, target: Path) -> None:
         pq.write_table(table, tmp)
 
 
+def _convert_catalog_and_tags(
+    raw: RawRelease, catalog: np.ndarray, out: Mapping[str, Path], reports: dict[str, TableReport]
+) -> None:
+    movies = clean_movies(raw, reports["movies"], reports["links"])
+    _write_table(pa.Table.from_pandas(movies, schema=MOVIES_SCHEMA, preserve_index=False),
+                 out["movies"])
+    _write_table(clean_tags(raw.tags, catalog, reports["tags"]), out["tags"])
+
+
 def convert(fmt: str, files: Mapping[str, Path], out: Mapping[str, Path]) -> dict[str, Any]:
     """Read a release in ``fmt`` from ``files`` (basename -> path), write the ``out`` parquet files
     (keys ``movies``, ``ratings``, ``tags``); return the per-table report."""
@@ -358,14 +274,13 @@ def convert(fmt: str, files: Mapping[str, Path], out: Mapping[str, Path]) -> dic
         raise ValueError(f"unknown release format {fmt!r}; known: {', '.join(READERS)}")
     raw = READERS[fmt](files)
     reports = {name: TableReport() for name in ("movies", "links", "ratings", "tags")}
-    movies = clean_movies(raw, reports["movies"], reports["links"])
-    catalog = movies["movieId"].to_numpy()
-    ratings = clean_ratings(raw.ratings, catalog, reports["ratings"])
-    tags = clean_tags(raw.tags, catalog, reports["tags"])
-    _write_table(pa.Table.from_pandas(movies, schema=MOVIES_SCHEMA, preserve_index=False),
-                 out["movies"])
-    _write_table(ratings, out["ratings"])
-    _write_table(tags, out["tags"])
+    ids = raw.movies["movieId"]
+    catalog = np.unique(ids[ids.notna()].to_numpy(dtype=np.int64)).astype(np.int32)
+    # The small tables are cleaned and written beside the ratings stream (mostly GIL-free work).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        side = pool.submit(_convert_catalog_and_tags, raw, catalog, out, reports)
+        write_ratings(raw.ratings(), catalog, out["ratings"], reports["ratings"])
+        side.result()
     result = {name: r.as_dict() for name, r in reports.items()}
     if raw.links is None:
         result.pop("links")

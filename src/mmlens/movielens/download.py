@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,10 +190,11 @@ def _attempt(
         total = start + int(length) if length and length.isdigit() else None
         bar.reset(total=total)
         bar.update(start)
-        received = _stream_body(resp, part, start, digest, bar)
+        with _BackgroundHash(digest) as hasher:
+            received = _stream_body(resp, part, start, hasher, bar)
         if total is not None and start + received < total:
             raise _Retryable(f"connection closed after {start + received} of {total} bytes")
-        return digest.hexdigest()
+    return digest.hexdigest()
 
 
 def _range_not_satisfiable(resp: requests.Response, part: Path, start: int) -> str:
@@ -221,8 +224,33 @@ def _md5_prefix(part: Path, start: int) -> hashlib._Hash:
     return digest
 
 
+class _BackgroundHash:
+    """Feeds chunks to a hash in a worker thread (hashlib releases the GIL), so that hashing
+    overlaps receiving and writing. The hash is complete when the ``with`` block exits."""
+
+    def __init__(self, digest: hashlib._Hash, max_pending: int = 16) -> None:
+        self._digest = digest
+        self._queue: queue.Queue[bytes | None] = queue.Queue(max_pending)
+        self._thread = threading.Thread(target=self._run, name="md5", daemon=True)
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self._digest.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def __enter__(self) -> _BackgroundHash:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
 def _stream_body(
-    resp: requests.Response, part: Path, start: int, digest: hashlib._Hash, bar: tqdm
+    resp: requests.Response, part: Path, start: int, digest: _BackgroundHash, bar: tqdm
 ) -> int:
     """Append the body to ``part`` (truncated to ``start``); return the number of bytes written."""
     received = 0

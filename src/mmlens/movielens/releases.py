@@ -58,13 +58,17 @@ class Release:
 RELEASES: dict[str, Release] = {
     r.name: r
     for r in (
+        # Counts as the READMEs state them; ml-1m and ml-100k have no tags file.
         Release("ml-100k", "ml-100k.zip", "ml-100k", md5="0e33842e24a9c977be4e0107933c0723",
-                expected={"ratings": 100_000, "movies": 1_682, "users": 943}),
+                expected={"ratings": 100_000, "movies": 1_682, "rated_movies": 1_682,
+                          "users": 943, "tags": 0}),
         Release("ml-1m", "ml-1m.zip", "ml-1m", md5="c4d9eecfca2ab87c1945afe126590906",
-                expected={"ratings": 1_000_209, "movies": 3_883, "users": 6_040}),
+                expected={"ratings": 1_000_209, "movies": 3_883, "rated_movies": 3_706,
+                          "users": 6_040, "tags": 0}),
         # ml-latest-small is re-published from time to time: counts are those of the 2018 version.
         Release("ml-latest-small", "ml-latest-small.zip", "csv",
-                expected={"ratings": 100_836, "movies": 9_742, "tags": 3_683, "users": 610}),
+                expected={"ratings": 100_836, "movies": 9_742, "rated_movies": 9_724,
+                          "tags": 3_683, "users": 610}),
         Release("ml-25m", "ml-25m.zip", "csv", md5="6b51fb2759a8657d3bfcbfc42b592ada",
                 expected={"ratings": 25_000_095, "movies": 62_423, "tags": 1_093_360,
                           "users": 162_541}),
