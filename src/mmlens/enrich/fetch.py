@@ -1,8 +1,9 @@
 """Polite HTTP fetching: one pooled session, per-host rate limits, retries, redirects, size caps.
 
 :class:`Fetcher` is shared by all worker threads. Every request (each redirect hop and each retry
-included) first takes a slot from the per-host :class:`RateLimiter`, so the request rate to a host
-never exceeds the configured rate. Failures end as :class:`FetchError` whose ``kind`` maps onto the
+included) holds a slot of the per-host :class:`~mmlens.enrich.ratelimit.RateLimiter` from before it
+is sent until its response headers (or its failure) are in, so the request rate a host sees never
+exceeds the configured rate. Failures end as :class:`FetchError` whose ``kind`` maps onto the
 manifest statuses; messages name redacted URLs only.
 """
 
@@ -17,6 +18,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from mmlens.enrich.ratelimit import RateLimiter
 from mmlens.net import RetryPolicy, check_url, make_session, redact_url
 
 DEFAULT_RATE = 4.0  # requests per second per host
@@ -50,40 +52,6 @@ class Fetched:
     url: str  # final URL after redirects, redacted
 
 
-class RateLimiter:
-    """Per-host spacing of requests: at most ``rate`` per second, no bursts.
-
-    Each host keeps the earliest time its next request may start; a caller reserves that slot
-    (pushing it ``1/rate`` further) and sleeps until it. Over any ``n`` consecutive requests to one
-    host, ``(n - 1) / (t_last - t_first) <= rate``.
-    """
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        if not rate > 0:
-            raise ValueError(f"rate must be > 0 requests per second, got {rate}")
-        self.interval = 1.0 / rate
-        self._clock = clock
-        self._sleep = sleep
-        self._next: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def reserve(self, host: str) -> float:
-        """Reserve the next slot for ``host``; returns its start time (clock units)."""
-        with self._lock:
-            start = max(self._clock(), self._next.get(host, float("-inf")))
-            self._next[host] = start + self.interval
-        return start
-
-    def acquire(self, host: str) -> float:
-        """Block until this caller may send a request to ``host``; returns the slot time."""
-        start = self.reserve(host)
-        wait = start - self._clock()
-        if wait > 0:
-            self._sleep(wait)
-        return start
-
-
 @dataclass
 class FetchStats:
     """Counters for the summary line and tests (thread-safe through ``lock``)."""
@@ -102,7 +70,10 @@ class FetchStats:
 
 
 class Fetcher:
-    """GET with rate limiting, retries (RetryPolicy), manual redirects and a streamed size cap."""
+    """GET with rate limiting, retries (RetryPolicy), manual redirects and a streamed size cap.
+
+    ``rate_limit``: requests per second per host (``math.inf``: no limit); threads share it.
+    """
 
     def __init__(self, *, rate_limit: float = DEFAULT_RATE, retry: RetryPolicy | None = None,
                  max_redirects: int = MAX_REDIRECTS, session: requests.Session | None = None,
@@ -191,17 +162,17 @@ class Fetcher:
     def _send(self, url: str, params: Mapping[str, str] | None,
               headers: Mapping[str, str] | None) -> requests.Response:
         host = urlsplit(url).netloc.lower()
-        self.limiter.acquire(host)
-        self.stats.add(requests=1)
-        try:
-            return self.session.get(url, params=params, headers=dict(headers or {}),
-                                    timeout=self.retry.timeout, stream=True,
-                                    allow_redirects=False)
-        except _TRANSIENT_EXC as exc:
-            raise _Retryable(f"{type(exc).__name__} for {self._show(url)}") from None
-        except requests.RequestException as exc:
-            raise FetchError("error", f"{type(exc).__name__} for {self._show(url)}: "
-                             f"{self.scrub(str(exc))}") from None
+        with self.limiter.slot(host):  # released once the headers (or the failure) are in
+            self.stats.add(requests=1)
+            try:
+                return self.session.get(url, params=params, headers=dict(headers or {}),
+                                        timeout=self.retry.timeout, stream=True,
+                                        allow_redirects=False)
+            except _TRANSIENT_EXC as exc:
+                raise _Retryable(f"{type(exc).__name__} for {self._show(url)}") from None
+            except requests.RequestException as exc:
+                raise FetchError("error", f"{type(exc).__name__} for {self._show(url)}: "
+                                 f"{self.scrub(str(exc))}") from None
 
     def _finish(self, resp: requests.Response, url: str, max_bytes: int) -> Fetched:
         status = resp.status_code

@@ -2,7 +2,7 @@
 
 A provider's :meth:`Provider.lookup` returns a :class:`Found` (a poster reference and/or a raw
 synopsis) or raises :class:`FetchError`. All network access goes through :class:`Client`, which puts
-the response cache in front of the :class:`Fetcher`.
+the response cache in front of the :class:`Fetcher`. Title pages are parsed in ``imdb_page``.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import pandas as pd
 
 from mmlens.enrich.cache import CacheEntry, CacheKey, ResponseCache
 from mmlens.enrich.fetch import MAX_DOCUMENT_BYTES, Fetcher, FetchError
+from mmlens.enrich.imdb_page import PageInfo, decode_page, parse_title_page  # noqa: F401
 
 logger = logging.getLogger("mmlens.enrich")
 T = TypeVar("T")
@@ -30,7 +30,6 @@ TMDB_API_BASE = "https://api.themoviedb.org/3"
 TMDB_IMAGE_BASE = "https://image.tmdb.org/t/p"
 IMDB_BASE = "https://www.imdb.com"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
-_LD_TYPES = frozenset({"Movie", "TVSeries", "TVMovie", "TVEpisode", "CreativeWork", "VideoObject"})
 
 
 # --------------------------------------------------------------------------- data
@@ -214,7 +213,7 @@ class TMDBProvider(Provider):
 
 
 class IMDbProvider(Provider):
-    """IMDb title pages ``/title/tt<id>/``: JSON-LD ``image``/``description``, else ``og:`` tags."""
+    """IMDb title pages ``/title/tt<id>/`` of any layout (see :mod:`mmlens.enrich.imdb_page`)."""
 
     name = "imdb"
 
@@ -332,105 +331,4 @@ def decode_html(body: bytes, content_type: str = "") -> str:
     kind = content_type.split(";")[0].strip().lower()
     if kind and kind not in ("text/html", "application/xhtml+xml", "text/plain"):
         raise InvalidContent(f"expected an HTML page, got content type {kind!r}")
-    charset = "utf-8"
-    for part in content_type.split(";")[1:]:
-        name, _, value = part.partition("=")
-        if name.strip().lower() == "charset" and value.strip():
-            charset = value.strip().strip('"')
-    try:
-        return body.decode(charset, errors="replace")
-    except LookupError:
-        return body.decode("utf-8", errors="replace")
-
-
-@dataclass
-class PageInfo:
-    """Poster URL and raw description found on a title page (None when absent)."""
-
-    image: str | None
-    description: str | None
-
-
-class _HeadParser(HTMLParser):
-    """Collects JSON-LD script bodies and ``<meta property|name=... content=...>`` values."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.json_ld: list[str] = []
-        self.meta: dict[str, str] = {}
-        self._in_ld = False
-        self._buf: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k.lower(): (v or "") for k, v in attrs}
-        if tag == "script" and a.get("type", "").strip().lower() == "application/ld+json":
-            self._in_ld, self._buf = True, []
-        elif tag == "meta":
-            key = (a.get("property") or a.get("name") or "").strip().lower()
-            if key and "content" in a:
-                self.meta.setdefault(key, a["content"])
-
-    def handle_data(self, data: str) -> None:
-        if self._in_ld:
-            self._buf.append(data)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "script" and self._in_ld:
-            self.json_ld.append("".join(self._buf))
-            self._in_ld = False
-
-
-def parse_title_page(html_text: str, page_url: str = "") -> PageInfo:
-    """Poster and description from JSON-LD (list or ``@graph``, image as string or object),
-    falling back to ``og:image`` and ``og:description`` / ``description`` meta tags."""
-    parser = _HeadParser()
-    parser.feed(html_text)
-    parser.close()
-    image, description = _from_json_ld(parser.json_ld)
-    image = image or parser.meta.get("og:image") or parser.meta.get("twitter:image")
-    description = (description or parser.meta.get("og:description")
-                   or parser.meta.get("description"))
-    if image:
-        image = urljoin(page_url, image.strip()) if page_url else image.strip()
-        if urlsplit(image).scheme.lower() not in ("http", "https"):
-            image = None
-    return PageInfo(image or None, description or None)
-
-
-def _from_json_ld(scripts: list[str]) -> tuple[str | None, str | None]:
-    nodes: list[dict[str, Any]] = []
-    for raw in scripts:
-        try:
-            nodes.extend(_flatten(json.loads(raw)))
-        except ValueError:
-            continue  # a broken block: the og: tags may still help
-    nodes.sort(key=lambda n: 0 if _types(n) & _LD_TYPES else 1)  # stable: page order otherwise
-    image = next((u for n in nodes if (u := _image_url(n.get("image")))), None)
-    description = next((d for n in nodes if isinstance(d := n.get("description"), str) and
-                        d.strip()), None)
-    return image, description
-
-
-def _flatten(data: Any) -> list[dict[str, Any]]:
-    if isinstance(data, list):
-        return [n for item in data for n in _flatten(item)]
-    if isinstance(data, dict):
-        graph = data.get("@graph")
-        return [data, *_flatten(graph)] if graph is not None else [data]
-    return []
-
-
-def _types(node: dict[str, Any]) -> set[str]:
-    t = node.get("@type")
-    return {t} if isinstance(t, str) else {x for x in t if isinstance(x, str)} if isinstance(
-        t, list) else set()
-
-
-def _image_url(value: Any) -> str | None:
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    if isinstance(value, dict):
-        return _image_url(value.get("url") or value.get("contentUrl"))
-    if isinstance(value, list):
-        return next((u for v in value if (u := _image_url(v))), None)
-    return None
+    return decode_page(body, content_type)

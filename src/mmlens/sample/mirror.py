@@ -23,7 +23,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -84,7 +84,13 @@ class Fault:
 
 
 class ServedRequest(NamedTuple):
-    """One request as the mirror saw it; ``status`` 0 means the connection was reset."""
+    """One request as the mirror saw it; ``status`` 0: the connection was reset (a fault), -1: the
+    client went away while the response was being sent.
+
+    ``time`` (``time.monotonic``) is when the request arrived, before any injected latency, so
+    request rates measured from the log are the rates the server was asked for. Entries are
+    appended just before the response goes out: a client holding its answer finds it logged.
+    """
 
     method: str
     path: str
@@ -155,9 +161,17 @@ class Mirror:
                     return fault
         return None
 
-    def record(self, method: str, path: str, status: int) -> None:
+    def record(self, method: str, path: str, status: int, at: float | None = None) -> int:
+        """Log a request that arrived at ``at`` (default: now); returns its index in the log."""
         with self._lock:
-            self.requests.append(ServedRequest(method, path, status, time.monotonic()))
+            self.requests.append(ServedRequest(method, path, status,
+                                               time.monotonic() if at is None else at))
+            return len(self.requests) - 1
+
+    def amend(self, index: int, status: int) -> None:
+        """Change the logged status of request ``index`` (a response that could not be sent)."""
+        with self._lock:
+            self.requests[index] = self.requests[index]._replace(status=status)
 
     # -- lifecycle
     def start(self) -> Mirror:
@@ -279,25 +293,34 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(head=True)
 
     def _serve(self, head: bool) -> None:
+        arrived = time.monotonic()
         mirror: Mirror = self.server.mirror  # type: ignore[attr-defined]
         if mirror.latency_s > 0:
             time.sleep(mirror.latency_s)
         parts = urlsplit(self.path)
         fault = mirror.take_fault(parts.path)
+        logged: list[int] = []
+
+        def log(status: int) -> None:
+            logged.append(mirror.record(self.command, self.path, status, arrived))
+
         try:
-            status = self._respond(mirror, parts.path, parts.query, fault, head)
+            self._respond(mirror, parts.path, parts.query, fault, head, log)
         except (BrokenPipeError, ConnectionResetError):
-            status = -1
-        mirror.record(self.command, self.path, status)
+            if logged:
+                mirror.amend(logged[0], -1)
+            else:
+                log(-1)
 
     def _respond(self, mirror: Mirror, path: str, query: str, fault: Fault | None,
-                 head: bool) -> int:
+                 head: bool, log: Callable[[int], None]) -> None:
         kind = fault.kind if fault else None
         if fault is not None and kind == "reset":
+            log(0)
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
             self.close_connection = True
-            return 0
+            return
         if fault is not None and kind == "delay":
             time.sleep(fault.seconds)
         if fault is not None and kind == "status":
@@ -318,6 +341,7 @@ class _Handler(BaseHTTPRequestHandler):
             length = len(resp.body)
         elif fault is not None and kind == "drop":
             resp.body = resp.body[: fault.after_bytes]
+        log(resp.status)
         self.send_response(resp.status)
         self.send_header("Content-Type", resp.content_type)
         self.send_header("Content-Length", str(length))
@@ -331,7 +355,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(view[start:start + CHUNK])
         if kind == "drop":
             self.close_connection = True
-        return resp.status
 
 
 def _loop_location(path: str, query: str) -> str:
