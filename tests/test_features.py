@@ -211,6 +211,27 @@ def test_shards_merge_equal_single_run(tmp_path: Path) -> None:
         outputs.check_shard((3, 3))
 
 
+def test_default_workers_cpu_and_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    for cores, cpu, cuda in ((1, 1, 1), (2, 2, 1), (16, 2, 8)):
+        monkeypatch.setattr(image.os, "cpu_count", lambda c=cores: c)
+        assert (image.default_num_workers("cpu"), image.default_num_workers("cuda")) == (cpu, cuda)
+
+
+def test_image_encoder_streams_posters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first batch arrives after decoding only its own posters (never the whole catalog)."""
+    cfg = image_world(tmp_path)
+    paths = image.poster_inputs(cfg, outputs.read_catalog(cfg))[0]
+    loaded: list[Path] = []
+    real = image.load_poster
+    monkeypatch.setattr(image, "load_poster", lambda p, prep: loaded.append(p) or real(p, prep))
+    encoder = image.ImageEncoder(transformers.ResNetModel(tiny_resnet()), paths,
+                                 image.Preprocessing(), batch_size=2, num_workers=0, device="cpu")
+    batches = encoder.encode(np.arange(5))
+    first = next(batches)
+    assert first.rows.tolist() == [0, 1] and len(loaded) == 2
+    assert [b.rows.tolist() for b in batches] == [[2, 3], [4]] and len(loaded) == 5
+
+
 def test_local_weights_dir_is_loaded_and_hashed(tmp_path: Path) -> None:
     cfg = image_world(tmp_path / "w")
     torch.manual_seed(0)
@@ -332,6 +353,36 @@ def test_long_text_is_chunked_and_averaged(tmp_path: Path,
     assert [t for c in chunks for t in c[4 if c is not chunks[0] else 0:]] == tokens
     ref = np.mean([direct_embedding(tokenizer, model, [cls, *c, sep]) for c in chunks], axis=0)
     np.testing.assert_allclose(emb[1], ref, atol=1e-5)
+
+
+def test_text_encoder_streams_blocks(minilm: tuple[object, object],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Texts are tokenised block by block: the first batch needs only its own block."""
+    tokenizer, model = minilm
+    monkeypatch.setattr(text, "TEXTS_PER_BLOCK", 2)
+    encoder = text.TextEncoder(model, tokenizer, ["One.", "Two.", "Three.", None, "Five."],
+                               max_length=32, stride=4, batch_size=8, normalize=True,
+                               device="cpu")
+    seen: list[str] = []
+    real = encoder.chunks
+    monkeypatch.setattr(encoder, "chunks", lambda t: seen.append(t) or real(t))
+    batches = encoder.encode(np.arange(5))
+    assert next(batches).rows.tolist() == [0, 1] and seen == ["One.", "Two."]
+    rest = list(batches)
+    assert [b.rows.tolist() for b in rest] == [[2, 3], [4]]
+    assert rest[0].errors == [None, "no tokens"]
+
+
+def test_text_batch_plan_caps_chunks_and_tokens(minilm: tuple[object, object]) -> None:
+    tokenizer, model = minilm
+    encoder = text.TextEncoder(model, tokenizer, [], max_length=32, stride=4, batch_size=3,
+                               normalize=True, device="cpu")
+    encoder.cpu_batch_tokens = 10  # (chunks in the batch) x (longest chunk) <= 10
+    lengths = [5, 2, 3, 2, 4, 1]
+    assert encoder.plan_batches(lengths) == [[5, 1, 3], [2, 4], [0]]
+    assert encoder.plan_batches([20, 1]) == [[1], [0]]  # a chunk over the cap goes alone
+    encoder.device = "cuda"  # no token cap there: only batch_size
+    assert encoder.plan_batches(lengths) == [[5, 1, 3], [2, 4, 0]]
 
 
 def test_text_shards_merge(tmp_path: Path) -> None:

@@ -105,6 +105,9 @@ def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
 class TextEncoder:
     """A sentence encoder bound to the catalog's texts (see :class:`outputs.Encoder`)."""
 
+    #: padded tokens per batch on CPU, None for no cap (measured in bench_04_text_batching)
+    cpu_batch_tokens: int | None = 2048
+
     def __init__(self, model: Any, tokenizer: Any, texts: Sequence[str | None], *,
                  max_length: int, stride: int, batch_size: int, normalize: bool,
                  device: str) -> None:
@@ -153,6 +156,22 @@ class TextEncoder:
         summed = (hidden.to(torch.float32) * m).sum(1)
         return (summed / m.sum(1).clamp(min=1.0)).cpu().numpy()
 
+    def plan_batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Chunk indices sorted by length, in batches of at most ``batch_size`` chunks; on CPU
+        also at most ``cpu_batch_tokens`` padded tokens (long chunks in smaller batches run
+        faster there: they stay in cache), on CUDA as many as ``batch_size`` allows."""
+        budget = self.cpu_batch_tokens if self.device == "cpu" else None
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for j in sorted(range(len(lengths)), key=lengths.__getitem__):
+            full = len(current) == self.batch_size or (
+                budget is not None and (len(current) + 1) * lengths[j] > budget)
+            if current and full:
+                batches.append(current)
+                current = []
+            current.append(j)
+        return batches + [current] if current else batches
+
     def encode(self, rows: np.ndarray) -> Iterator[Batch]:
         for lo in range(0, len(rows), TEXTS_PER_BLOCK):
             block = rows[lo:lo + TEXTS_PER_BLOCK]
@@ -174,9 +193,7 @@ class TextEncoder:
         self.n_chunks += len(chunks)
         sums = np.zeros((len(rows), self.dim), dtype=np.float64)
         counts = np.zeros(len(rows), dtype=np.int64)
-        order = sorted(range(len(chunks)), key=lambda j: len(chunks[j]))
-        for lo in range(0, len(order), self.batch_size):
-            batch = order[lo:lo + self.batch_size]
+        for batch in self.plan_batches([len(c) for c in chunks]):
             vectors = self.embed_chunks([chunks[j] for j in batch])
             who = np.array([owners[j] for j in batch])
             np.add.at(sums, who, vectors)
@@ -187,8 +204,23 @@ class TextEncoder:
         return Batch(rows, means.astype(np.float32), errors)
 
 
-def synopsis_texts(cfg: Config, movie_ids: np.ndarray) -> list[str | None]:
-    """The synopsis of every catalog row (None when missing or blank)."""
+TEXT_SOURCES = ("synopsis", "title+genres", "title+genres+tags")
+
+
+def synopsis_texts(cfg: Config, movie_ids: np.ndarray,
+                   source: str = "synopsis") -> list[str | None]:
+    """The text of every catalog row (None when missing or blank).
+
+    ``source`` is ``synopsis`` (notebook 02's synopses), ``title+genres`` or
+    ``title+genres+tags`` (``"Title (year). Genres: a, b. Tags: x, y"`` from notebook 01's
+    movies and tags; tags ordered by how many times they were given, case-folded duplicates
+    merged). User tags exist only after people watched a movie: for truly new movies, use
+    ``title+genres``.
+    """
+    if source not in TEXT_SOURCES:
+        raise ValueError(f"text source must be one of {TEXT_SOURCES}, got {source!r}")
+    if source != "synopsis":
+        return _metadata_texts(cfg, movie_ids, with_tags=source.endswith("+tags"))
     synopses = pd.read_parquet(artifacts.require(cfg, "synopses"))
     if not {"movieId", "synopsis"} <= set(synopses.columns):
         raise ValueError("synopses.parquet needs columns movieId and synopsis: re-run notebook 02")
@@ -196,6 +228,40 @@ def synopsis_texts(cfg: Config, movie_ids: np.ndarray) -> list[str | None]:
     synopses = synopses.dropna(subset=["synopsis"]).drop_duplicates("movieId", keep="first")
     by_movie = dict(zip(synopses["movieId"].astype(np.int64), synopses["synopsis"], strict=True))
     return [by_movie.get(m) for m in movie_ids.tolist()]
+
+
+def _metadata_texts(cfg: Config, movie_ids: np.ndarray, *, with_tags: bool) -> list[str | None]:
+    movies = pd.read_parquet(artifacts.require(cfg, "movies"),
+                             columns=["movieId", "title", "year", "genres"])
+    movies = movies.drop_duplicates("movieId").set_index("movieId")
+    tags = _tag_lists(cfg) if with_tags else {}
+    texts: list[str | None] = []
+    for m in movie_ids.tolist():
+        if m not in movies.index:
+            texts.append(None)
+            continue
+        row = movies.loc[m]
+        title = clean_text(row["title"]) or ""
+        if title and not pd.isna(row["year"]):
+            title = f"{title} ({int(row['year'])})"
+        pieces = [title] if title else []
+        genres = [] if row["genres"] is None else [str(g) for g in row["genres"]]
+        if genres:
+            pieces.append("Genres: " + ", ".join(genres))
+        if tags.get(m):
+            pieces.append("Tags: " + ", ".join(tags[m]))
+        texts.append(". ".join(pieces) or None)
+    return texts
+
+
+def _tag_lists(cfg: Config) -> dict[int, list[str]]:
+    """movieId -> distinct tags (case-folded), most often given first, then alphabetical."""
+    tags = pd.read_parquet(artifacts.require(cfg, "tags"), columns=["movieId", "tag"])
+    tags = tags.assign(tag=tags["tag"].map(clean_text)).dropna(subset=["tag"])
+    tags["key"] = tags["tag"].str.casefold()
+    counts = (tags.groupby(["movieId", "key"]).agg(n=("tag", "size"), tag=("tag", "first"))
+              .reset_index().sort_values(["movieId", "n", "key"], ascending=[True, False, True]))
+    return {int(m): g["tag"].tolist() for m, g in counts.groupby("movieId", sort=False)}
 
 
 def _model_hashes(model_dir: Path) -> dict[str, str]:
@@ -211,10 +277,12 @@ def _model_hashes(model_dir: Path) -> dict[str, str]:
 def run(cfg: Config, *, model_id: str | None = None, batch_size: int = 64,
         max_length: int | None = None, stride: int | None = None,
         shard: tuple[int, int] | str | None = None, normalize: bool = True,
-        pca_dim: int | None = None, merge: bool = False) -> dict[str, Any]:
-    """Embed every catalog synopsis; writes the ``embeddings/embedding_index/embedding_meta``
+        pca_dim: int | None = None, merge: bool = False,
+        text_source: str = "synopsis") -> dict[str, Any]:
+    """Embed every catalog text; writes the ``embeddings/embedding_index/embedding_meta``
     artifacts of modality ``text`` (or one shard with ``shard=(i, n)``).
 
+    ``text_source`` picks the text (:data:`TEXT_SOURCES`, see :func:`synopsis_texts`).
     ``max_length`` defaults to the model's window, ``stride`` (overlap of long-text chunks) to a
     quarter of it. ``pca_dim`` also writes a PCA-reduced copy (artifact ``embeddings_pca``);
     ``merge=True`` only joins earlier shard runs (:func:`outputs.merge_shards`).
@@ -227,13 +295,14 @@ def run(cfg: Config, *, model_id: str | None = None, batch_size: int = 64,
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     name, model_dir = resolve_model_dir(model_id)
     movie_ids = outputs.read_catalog(cfg)
-    texts = synopsis_texts(cfg, movie_ids)
+    texts = synopsis_texts(cfg, movie_ids, text_source)
     hashes = [outputs.sha256_bytes(t.encode()) if t else None for t in texts]
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     model_config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
     length = int(max_length or default_max_length(model_dir, tokenizer, model_config))
     overlap = length // 4 if stride is None else int(stride)
     settings = {"model_id": name, **_model_hashes(model_dir), "max_length": length,
+                "text_source": text_source,
                 "stride": overlap, "normalized": bool(normalize),
                 "preprocessing": "strip; no truncation: overlapping token windows",
                 "pooling": "mean over attention mask per window; mean over windows"
