@@ -223,3 +223,59 @@ def test_effective_batch_size() -> None:
     assert keras_train.effective_batch_size(16, 100) == 16
     with pytest.raises(ValueError):
         keras_train.effective_batch_size(0, 100)
+
+
+def test_unseen_movies_share_one_zero_id_vector(world: dict[str, Any], tmp_path: Path) -> None:
+    schema, tables = world["schemas"]["cold-items"], world["tables"]["cold-items"]
+    card = schema["slots"][1]["cardinality"]
+    seen = data.seen_codes(world["dirs"]["cold-items"] / "train", schema, "movieId")
+    cold = schema["cold_movie_codes"]
+    assert not set(cold) & set(seen.tolist())
+    known = models.known_mask(card, seen)
+    keras_train.set_seed(0)
+    model = models.build_wide_deep(schema, tables, emb_dim=4, mlp=(8,), known_items=known,
+                                   tower=True, item_dropout=0.3)
+    emb = model.get_layer("emb_movieId")
+    weights = emb.get_weights()[0]
+    weights[cold] = 50.0  # an untrained row must not reach the prediction
+    emb.set_weights([weights])
+    wide = model.get_layer("wide_movieId")
+    wide.set_weights([np.full_like(wide.get_weights()[0], 3.0)])
+    feats, _ = data.read_part(world["dirs"]["cold-items"] / "test", schema)
+    p = keras_train.predict_features(model, feats)
+    swapped = {**feats, "movieId": np.full_like(feats["movieId"], cold[0])}
+    np.testing.assert_allclose(p, keras_train.predict_features(model, swapped), rtol=1e-6)
+    warm = {**feats, "movieId": np.full_like(feats["movieId"], seen[0])}
+    assert not np.allclose(p, keras_train.predict_features(model, warm))
+    saved = keras_train.save_model(model, tmp_path)  # the mask travels with the model
+    again = keras_train.load_model(saved)
+    np.testing.assert_allclose(keras_train.predict_features(again, swapped), p, rtol=1e-5)
+    with pytest.raises(ValueError, match="known_items"):
+        models.build_mlp(schema, tables, known_items=known[:-1])
+    with pytest.raises(ValueError, match="outside"):
+        models.known_mask(card, [card])
+
+
+def test_item_dropout_only_while_training() -> None:
+    gate = models.ItemIdGate(n_codes=4, rate=0.5, seed=3)
+    gate.set_weights([np.array([0, 1, 1, 1], np.float32)])
+    ids = np.array([0, 1, 2, 3] * 50)
+    inference = np.asarray(gate(ids, training=False))[:, 0]
+    np.testing.assert_array_equal(inference, (ids > 0).astype(np.float32))
+    training = np.asarray(gate(ids, training=True))[:, 0]
+    assert set(np.unique(training)) == {0.0, 1.0}  # zeroed, never rescaled
+    assert (training[ids == 0] == 0).all() and 0.2 < training[ids > 0].mean() < 0.8
+    with pytest.raises(ValueError, match="rate"):
+        models.ItemIdGate(rate=1.0)
+
+
+def test_content_helps_cold_movies_with_default_model(world: dict[str, Any]) -> None:
+    etl_dir, schema = world["dirs"]["cold-items"], world["schemas"]["cold-items"]
+    auc = {}
+    for name, mods in (("id-only", ()), ("+both", ("poster", "text"))):
+        keras.backend.clear_session()
+        _, metrics = keras_train.train_and_evaluate(etl_dir, schema, modalities=mods, epochs=8,
+                                                    seed=1, batch_size=64, lr=5e-3)
+        assert metrics["unseen_items"] == "zero"
+        auc[name] = metrics["auc"]
+    assert auc["+both"] > auc["id-only"] + 0.1, auc

@@ -38,11 +38,15 @@ def run(
     batch_size: int = 512,
     lr: float = 2e-3,
     patience: int = 2,
+    model_options: dict[str, Any] | None = None,
+    unseen_items: str = "zero",
 ) -> pd.DataFrame:
     """Train every variant x seed on each split; return mean/std per (setting, variant).
 
     Writes ``metrics/09.json`` (summary and runs), ``metrics/09-ablation.csv`` (one row per run)
-    and ``figures/09-ablation.png``. ``fine_tune=True`` lets the pretrained tables train too.
+    and ``figures/09-ablation.png``. ``fine_tune=True`` lets the pretrained tables train too;
+    ``model_options`` and ``unseen_items`` go to :func:`keras_train.train_and_evaluate` (default:
+    the cold-aware model, movies unseen in train as unknown).
     """
     import keras
 
@@ -64,10 +68,11 @@ def run(
         keras.backend.clear_session()
         _, metrics = keras_train.train_and_evaluate(
             etl_dir, schema, modalities=VARIANTS[variant], epochs=epochs, seed=seed,
-            batch_size=batch_size, lr=lr, patience=patience, fine_tune=fine_tune)
+            batch_size=batch_size, lr=lr, patience=patience, fine_tune=fine_tune,
+            model_options=model_options, unseen_items=unseen_items)
         rows.append({"split": split, "setting": SETTINGS.get(split, split), "variant": variant,
                      "seed": seed, "auc": metrics["auc"], "logloss": metrics["logloss"],
-                     "epochs_run": metrics["epochs_run"]})
+                     "val_auc": metrics["best_val_auc"], "epochs_run": metrics["epochs_run"]})
     for split, (etl_dir, schema) in loaded.items():
         rows.append({"split": split, "setting": SETTINGS.get(split, split),
                      "variant": "popularity", "seed": -1, **_popularity(etl_dir, schema)})
@@ -88,12 +93,15 @@ def _popularity(etl_dir: Any, schema: dict[str, Any]) -> dict[str, float]:
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation (ddof=0) of AUC and logloss per setting and variant."""
+    """Mean and standard deviation (ddof=0) of test AUC and logloss per setting and variant
+    (and the mean best validation AUC when the runs have it)."""
     grouped = runs.groupby(["setting", "variant"], sort=False)
-    out = grouped.agg(auc_mean=("auc", "mean"), auc_std=("auc", lambda x: x.std(ddof=0)),
-                      logloss_mean=("logloss", "mean"),
-                      logloss_std=("logloss", lambda x: x.std(ddof=0)),
-                      n_seeds=("seed", "nunique"))
+    stats = {"auc_mean": ("auc", "mean"), "auc_std": ("auc", lambda x: x.std(ddof=0)),
+             "logloss_mean": ("logloss", "mean"),
+             "logloss_std": ("logloss", lambda x: x.std(ddof=0))}
+    if "val_auc" in runs:
+        stats["val_auc_mean"] = ("val_auc", "mean")
+    out = grouped.agg(**stats, n_seeds=("seed", "nunique"))
     return out.reset_index()
 
 

@@ -135,6 +135,14 @@ def read_frame(directory: Path, columns: list[str]) -> pd.DataFrame:
                      ignore_index=True)
 
 
+def seen_codes(directory: Path, schema: dict[str, Any], slot: str) -> np.ndarray:
+    """Sorted unique codes of ``slot`` in one part (e.g. the movies a model trains on)."""
+    column = next((s["column"] for s in schema["slots"] if s["name"] == slot), None)
+    if column is None:
+        raise ValueError(f"the schema has no slot {slot!r}")
+    return np.unique(read_frame(directory, [column])[column].to_numpy(np.int64))
+
+
 def iter_batches(
     directory: Path, schema: dict[str, Any], batch_size: int,
     modalities: tuple[str, ...] | None = None,

@@ -362,6 +362,8 @@ def _run_keras_equivalent(etl_dir: Path, schema: dict[str, Any], seed: int, *, b
     _, metrics = keras_train.train_and_evaluate(
         etl_dir, schema, variant="mlp", modalities=tuple(schema["pretrained"]), epochs=epochs,
         seed=seed, batch_size=batch_size, lr=lr,
+        unseen_items="keep",
         model_options={"mlp": tuple(mlp), "emb_dim": emb_dim, "project_dim": None,
-                       "has_flags": False, "normalize": False})
+                       "has_flags": False, "normalize": False, "tower": False,
+                       "item_dropout": 0.0})
     return metrics

@@ -5,6 +5,17 @@ codes with the padding code masked). Each pretrained modality is an ``Embedding`
 ``pretrained_<m>.npy`` and frozen (``trainable=False``) unless fine-tuning is asked for, followed by
 a learned Dense projection, plus its ``has_<m>`` flag: a missing poster is a flag, not a zero
 vector.
+
+Cold movies (options, all off by default so that the plain MLP stays HugeCTR's architecture):
+
+- ``known_items``: the unseen-id policy. Movie codes never seen in training have an untrained,
+  random id vector; with a 0/1 mask of the codes seen in train, their id vector (and wide weight)
+  is zero at training and prediction time alike: "unknown movie" is one shared, defined input.
+- ``item_dropout``: zeroes the whole id vector of that share of training rows (no rescaling), so
+  the network learns to rank from content when the id says nothing, exactly as for a cold movie.
+- ``tower``: adds a factorisation term to the logit, ``<user vector, item vector>`` with item
+  vector = id vector + genre and year vectors + a linear projection of each unit-normalised
+  content vector: content moves a cold movie to where similar movies sit in the user space.
 """
 
 from __future__ import annotations
@@ -19,6 +30,8 @@ from keras import ops
 from mmlens.train.data import PAD, _modalities, _slots
 
 ITEM_SLOT = "movieId"
+USER_SLOT = "userId"
+GATE_LAYER = "item_id_gate"
 
 
 @keras.saving.register_keras_serializable(package="mmlens")
@@ -60,29 +73,90 @@ def _pool(name: str, ids: Any, hot: int, layer: keras.layers.Layer) -> Any:
     return MaskedMean(name=f"{name}_mean")([ids, vectors]) if hot > 1 else vectors
 
 
+@keras.saving.register_keras_serializable(package="mmlens")
+class ItemIdGate(keras.layers.Layer):
+    """``[B, 1]`` keep factor of item codes ``[B]``: 0 outside the ``known`` mask and (training
+    only) for a random ``rate`` share of rows, else 1; kept rows are not rescaled.
+
+    ``known`` is a non-trainable 0/1 weight over the codes, saved with the model; with
+    ``n_codes=0`` every code counts as known.
+    """
+
+    def __init__(self, n_codes: int = 0, rate: float = 0.0, seed: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"item dropout rate must be in [0, 1), got {rate}")
+        self.n_codes, self.rate, self.seed = int(n_codes), float(rate), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.known = (self.add_weight(shape=(self.n_codes,), initializer="ones",
+                                      trainable=False, name="known")
+                      if self.n_codes else None)
+
+    def call(self, ids: Any, training: bool | None = None) -> Any:
+        keep = ops.ones_like(ops.expand_dims(ops.cast(ids, "float32"), -1))
+        if self.known is not None:
+            keep = keep * ops.expand_dims(ops.take(self.known, ops.cast(ids, "int32")), -1)
+        if training and self.rate:
+            draw = keras.random.uniform(ops.shape(keep), seed=self.seed_generator)
+            keep = keep * ops.cast(draw >= self.rate, keep.dtype)
+        return keep
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "n_codes": self.n_codes, "rate": self.rate,
+                "seed": self.seed}
+
+
+def known_mask(cardinality: int, seen_codes: Any) -> np.ndarray:
+    """float32 ``[cardinality]``: 1 for the codes in ``seen_codes`` (e.g. movies in train)."""
+    mask = np.zeros(int(cardinality), np.float32)
+    codes = np.asarray(seen_codes, np.int64)
+    if codes.size and (codes.min() < 0 or codes.max() >= cardinality):
+        raise ValueError(f"seen codes outside 0..{cardinality - 1}")
+    mask[codes] = 1.0
+    return mask
+
+
+def _item_gate(schema: dict[str, Any], known_items: np.ndarray | None,
+               rate: float) -> ItemIdGate | None:
+    if known_items is None and not rate:
+        return None
+    card = _slot(schema, ITEM_SLOT)["cardinality"]
+    if known_items is not None and np.shape(known_items) != (card,):
+        raise ValueError(f"known_items must have shape ({card},), got {np.shape(known_items)}")
+    return ItemIdGate(0 if known_items is None else card, rate, name=GATE_LAYER)
+
+
+def _slot(schema: dict[str, Any], name: str) -> dict[str, Any]:
+    for slot in schema["slots"]:
+        if slot["name"] == name:
+            return slot
+    raise ValueError(f"the schema has no {name!r} slot")
+
+
 def _trainable_features(schema: dict[str, Any], inputs: dict[str, Any], emb_dim: int,
-                        pretrained_slots: set[str], item_dropout: float) -> list[Any]:
-    feats = []
+                        pretrained_slots: set[str], keep: Any,
+                        emb_l2: float) -> dict[str, Any]:
+    feats = {}
+    reg = keras.regularizers.L2(emb_l2) if emb_l2 else None
     for slot in schema["slots"]:
         if slot["name"] in pretrained_slots:
             continue
         layer = keras.layers.Embedding(int(slot["cardinality"]), emb_dim,
-                                       name=f"emb_{slot['name']}")
+                                       embeddings_regularizer=reg, name=f"emb_{slot['name']}")
         vec = _pool(slot["name"], inputs[slot["name"]], int(slot["hotness"]), layer)
-        if slot["name"] == ITEM_SLOT and item_dropout:
-            # drop the whole movie-id vector for some rows so the model learns to rank from
-            # content too: at test time a cold movie's id vector is an untrained one
-            vec = keras.layers.Dropout(item_dropout, noise_shape=(None, 1),
-                                       name="item_id_dropout")(vec)
-        feats.append(vec)
+        if slot["name"] == ITEM_SLOT and keep is not None:
+            vec = keras.layers.Multiply(name="item_id_gated")([vec, keep])
+        feats[slot["name"]] = vec
     return feats
 
 
 def _pretrained_features(schema: dict[str, Any], inputs: dict[str, Any],
                          tables: Mapping[str, np.ndarray], modalities: Sequence[str], *,
                          trainable: bool, project_dim: int | None, has_flags: bool,
-                         normalize: bool) -> list[Any]:
-    feats = []
+                         normalize: bool) -> tuple[list[Any], dict[str, Any]]:
+    """Deep-part features and, per modality, the looked-up (normalised) content vector."""
+    feats, content = [], {}
     for m in modalities:
         info = schema["pretrained"][m]
         rows, dim = tables[m].shape
@@ -91,18 +165,21 @@ def _pretrained_features(schema: dict[str, Any], inputs: dict[str, Any],
         vec = emb(inputs[info["slot"]])
         if normalize:  # scale-free content: raw CNN features are large, sentence vectors unit
             vec = keras.layers.UnitNormalization(name=f"{m}_unit")(vec)
+        content[m] = vec
         if project_dim:
             vec = keras.layers.Dense(project_dim, activation="relu", name=f"project_{m}")(vec)
         feats.append(vec)
         if has_flags:
             feats.append(keras.layers.Reshape((1,), name=f"{m}_flag")(inputs[info["has_column"]]))
-    return feats
+    return feats, content
 
 
 def _load_tables(model: keras.Model, tables: Mapping[str, np.ndarray],
-                 modalities: Sequence[str]) -> None:
+                 modalities: Sequence[str], known_items: np.ndarray | None = None) -> None:
     for m in modalities:
         model.get_layer(pretrained_layer_name(m)).set_weights([np.asarray(tables[m], np.float32)])
+    if known_items is not None:
+        model.get_layer(GATE_LAYER).set_weights([np.asarray(known_items, np.float32)])
 
 
 def _mlp(x: Any, units: Sequence[int], dropout: float, prefix: str) -> Any:
@@ -122,18 +199,34 @@ def _check(schema: dict[str, Any], tables: Mapping[str, np.ndarray],
     return mods
 
 
+def _tower(trainable: dict[str, Any], content: dict[str, Any], emb_dim: int) -> Any:
+    """``<user vector, item vector>``, item vector = id (gated) + genre + year vectors + a linear
+    projection (no bias: missing content adds nothing) of each content vector."""
+    parts = [v for name, v in trainable.items() if name != USER_SLOT]
+    parts += [keras.layers.Dense(emb_dim, use_bias=False, name=f"tower_{m}")(v)
+              for m, v in content.items()]
+    item = keras.layers.Add(name="tower_item")(parts) if len(parts) > 1 else parts[0]
+    return keras.layers.Dot(axes=1, name="tower_dot")([trainable[USER_SLOT], item])
+
+
 def _deep(schema: dict[str, Any], tables: Mapping[str, np.ndarray], mods: tuple[str, ...], *,
           emb_dim: int, mlp: Sequence[int], trainable_tables: bool, project_dim: int | None,
-          has_flags: bool, dropout: float, normalize: bool,
-          item_dropout: float) -> tuple[dict[str, Any], Any]:
+          has_flags: bool, dropout: float, normalize: bool, item_dropout: float,
+          known_items: np.ndarray | None, tower: bool,
+          emb_l2: float) -> tuple[dict[str, Any], Any, Any, Any]:
+    """Inputs, the deep MLP output, the tower logit (or None) and the item keep factor."""
     inputs = make_inputs(schema, mods)
+    gate = _item_gate(schema, known_items, item_dropout)
+    keep = gate(inputs[ITEM_SLOT]) if gate is not None else None
     pretrained_slots = {info["slot"] for info in schema["pretrained"].values()}
-    feats = _trainable_features(schema, inputs, emb_dim, pretrained_slots, item_dropout)
-    feats += _pretrained_features(schema, inputs, tables, mods, trainable=trainable_tables,
-                                  project_dim=project_dim, has_flags=has_flags,
-                                  normalize=normalize)
+    trainable = _trainable_features(schema, inputs, emb_dim, pretrained_slots, keep, emb_l2)
+    content_feats, content = _pretrained_features(
+        schema, inputs, tables, mods, trainable=trainable_tables, project_dim=project_dim,
+        has_flags=has_flags, normalize=normalize)
+    feats = [*trainable.values(), *content_feats]
     x = keras.layers.Concatenate(name="concat")(feats) if len(feats) > 1 else feats[0]
-    return inputs, _mlp(x, mlp, dropout, "deep")
+    dot = _tower(trainable, content, emb_dim) if tower else None
+    return inputs, _mlp(x, mlp, dropout, "deep"), dot, keep
 
 
 def build_mlp(
@@ -149,23 +242,34 @@ def build_mlp(
     dropout: float = 0.0,
     normalize: bool = True,
     item_dropout: float = 0.0,
+    known_items: np.ndarray | None = None,
+    tower: bool = False,
+    emb_l2: float = 0.0,
     name: str = "mlp",
 ) -> keras.Model:
     """Embeddings (trainable ids/genres/year, frozen pretrained tables) -> MLP -> sigmoid.
 
     ``modalities=()`` gives the content-free model (ids, genres, year); ``None`` uses every table
     in the schema. ``project_dim=None`` concatenates the raw pretrained vectors (HugeCTR's layout);
-    ``normalize`` scales each looked-up content vector to unit length (the table itself is kept);
-    ``item_dropout`` zeroes the whole movie-id vector of that share of training rows.
+    ``normalize`` scales each looked-up content vector to unit length (the table itself is kept).
+    ``known_items`` (0/1 per movie code, see :func:`known_mask`), ``item_dropout`` and ``tower``:
+    the cold-movie options of the module docstring. ``emb_l2`` is an L2 penalty on the trainable
+    embedding tables.
     """
     mods = _check(schema, tables, modalities)
-    inputs, x = _deep(schema, tables, mods, emb_dim=emb_dim, mlp=mlp,
-                      trainable_tables=trainable_tables, project_dim=project_dim,
-                      has_flags=has_flags, dropout=dropout, normalize=normalize,
-                      item_dropout=item_dropout)
-    out = keras.layers.Dense(1, activation="sigmoid", name="prediction")(x)
+    inputs, x, dot, _ = _deep(schema, tables, mods, emb_dim=emb_dim, mlp=mlp,
+                              trainable_tables=trainable_tables, project_dim=project_dim,
+                              has_flags=has_flags, dropout=dropout, normalize=normalize,
+                              item_dropout=item_dropout, known_items=known_items, tower=tower,
+                              emb_l2=emb_l2)
+    if dot is None:
+        out = keras.layers.Dense(1, activation="sigmoid", name="prediction")(x)
+    else:
+        logit = keras.layers.Add(name="deep_plus_tower")(
+            [keras.layers.Dense(1, name="deep_logit")(x), dot])
+        out = keras.layers.Activation("sigmoid", name="prediction")(logit)
     model = keras.Model(inputs=inputs, outputs=out, name=name)
-    _load_tables(model, tables, mods)
+    _load_tables(model, tables, mods, known_items)
     return model
 
 
@@ -182,17 +286,21 @@ def build_wide_deep(
     dropout: float = 0.0,
     normalize: bool = True,
     item_dropout: float = 0.0,
+    known_items: np.ndarray | None = None,
+    tower: bool = False,
+    emb_l2: float = 0.0,
     name: str = "wide_deep",
 ) -> keras.Model:
-    """Wide (a linear model over one-hot ids, genres and year) + deep (:func:`build_mlp`'s body)."""
+    """Wide (a linear model over one-hot ids, genres and year) + deep (:func:`build_mlp`'s body);
+    the movie's wide weight is gated like its id vector."""
     mods = _check(schema, tables, modalities)
-    inputs, x = _deep(schema, tables, mods, emb_dim=emb_dim, mlp=mlp,
-                      trainable_tables=trainable_tables, project_dim=project_dim,
-                      has_flags=has_flags, dropout=dropout, normalize=normalize,
-                      item_dropout=item_dropout)
-    deep_logit = keras.layers.Dense(1, name="deep_logit")(x)
+    inputs, x, dot, keep = _deep(schema, tables, mods, emb_dim=emb_dim, mlp=mlp,
+                                 trainable_tables=trainable_tables, project_dim=project_dim,
+                                 has_flags=has_flags, dropout=dropout, normalize=normalize,
+                                 item_dropout=item_dropout, known_items=known_items, tower=tower,
+                                 emb_l2=emb_l2)
+    terms = [keras.layers.Dense(1, name="deep_logit")(x)]
     pretrained_slots = {info["slot"] for info in schema["pretrained"].values()}
-    wide_terms = []
     for slot in schema["slots"]:
         if slot["name"] in pretrained_slots:
             continue
@@ -200,11 +308,15 @@ def build_wide_deep(
         layer = keras.layers.Embedding(int(slot["cardinality"]), 1, embeddings_initializer="zeros",
                                        name=f"wide_{slot['name']}")
         term = _pool(f"wide_{slot['name']}", inputs[slot["name"]], hot, layer)
-        wide_terms.append(term)
-    logit = keras.layers.Add(name="wide_plus_deep")([deep_logit, *wide_terms])
+        if slot["name"] == ITEM_SLOT and keep is not None:
+            term = keras.layers.Multiply(name="wide_item_gated")([term, keep])
+        terms.append(term)
+    if dot is not None:
+        terms.append(dot)
+    logit = keras.layers.Add(name="wide_plus_deep")(terms)
     out = keras.layers.Activation("sigmoid", name="prediction")(logit)
     model = keras.Model(inputs=inputs, outputs=out, name=name)
-    _load_tables(model, tables, mods)
+    _load_tables(model, tables, mods, known_items)
     return model
 
 
