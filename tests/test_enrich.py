@@ -41,7 +41,7 @@ from mmlens.enrich.manifest import MovieResult, Outcome, manifest_frame
 from mmlens.enrich.providers import Client, Movie, parse_title_page
 from mmlens.enrich.text import clean_synopsis
 from mmlens.net import RetryPolicy
-from mmlens.sample import Fault, ensure_world, serve
+from mmlens.sample import Fault, serve
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 FAST_RETRY = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=2.0, connect_timeout=2.0,
@@ -61,23 +61,6 @@ def _png_rgba() -> bytes:
     buf = io.BytesIO()
     Image.new("RGBA", (20, 10), (0, 0, 255, 0)).save(buf, format="PNG")
     return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = Config(data_dir=tmp_path_factory.mktemp("world"), sample_profile="small")
-    return ensure_world(cfg)
-
-
-@pytest.fixture(scope="module")
-def truth(world: Path) -> pd.DataFrame:
-    return pd.read_parquet(world / "truth" / "movies.parquet")
-
-
-@pytest.fixture()
-def mirror(world: Path):
-    with serve(world) as m:
-        yield m
 
 
 def _sample_cfg(data_dir: Path, truth: pd.DataFrame, rows: pd.DataFrame | None = None) -> Config:

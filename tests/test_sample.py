@@ -43,17 +43,6 @@ def tables(release: dict[str, bytes]) -> dict[str, pd.DataFrame]:
     return {n[:-4]: pd.read_csv(io.BytesIO(b), **opts) for n, b in release.items() if ".csv" in n}
 
 
-@pytest.fixture(scope="module")
-def truth(world: Path) -> pd.DataFrame:
-    return pd.read_parquet(world / "truth" / "movies.parquet")
-
-
-@pytest.fixture()
-def mirror(world: Path):
-    with serve(world) as m:
-        yield m
-
-
 def _md5(p: Path) -> str:
     return hashlib.md5(p.read_bytes()).hexdigest()
 
