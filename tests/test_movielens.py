@@ -513,6 +513,29 @@ def test_ratings_pieces_give_the_same_result(tmp_path: Path, monkeypatch, eol: s
     assert len(expected) == 39 * 3 and set(expected["rating"]) == {3.5, 5.0}
 
 
+def test_drops_counted_the_same_in_small_pieces(tmp_path: Path, monkeypatch) -> None:
+    files = _write(tmp_path, movies=MOVIES_CSV, links=LINKS_CSV, ratings=RATINGS_CSV)
+    whole = convert("csv", files, _outs(tmp_path))
+    expected = pd.read_parquet(_outs(tmp_path)["ratings"])
+    monkeypatch.setattr(ratings_mod, "PIECE_BYTES", 16)  # one line a piece: every drop alone
+    assert convert("csv", files, _outs(tmp_path)) == whole
+    pd.testing.assert_frame_equal(pd.read_parquet(_outs(tmp_path)["ratings"]), expected)
+
+
+def test_read_ahead_keeps_order_and_raises_where_the_source_failed() -> None:
+    assert list(ratings_mod.read_ahead(iter(range(5)))) == [0, 1, 2, 3, 4]
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise ValueError("bad piece")
+
+    got = []
+    with pytest.raises(ValueError, match="bad piece"):
+        for item in ratings_mod.read_ahead(failing()):
+            got.append(item)
+    assert got == [1]
+
+
 def test_sorted_ratings_are_not_read_back(tmp_path: Path, monkeypatch) -> None:
     text = "userId,movieId,rating,timestamp\n1,1,4.0,5\n1,29,3.0,6\n2,1,5.0,7\n2,29,1.0,1\n"
     files = _write(tmp_path, movies=MOVIES_CSV, links=LINKS_CSV, ratings=text)

@@ -10,7 +10,6 @@ Invalid rows are dropped, counted and reported with their reason, never silently
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,7 +41,10 @@ RATING_COLUMNS = [f.name for f in RATINGS_SCHEMA]
 NO_GENRES = "(no genres listed)"
 
 # "Title (1999)", "Title (2006-2007)", "Title (2006-)", "Title (2006–2007)"; the year is the first.
-_TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})(?:\s*[-\u2013]\s*(?:\d{4})?)?\)$")
+# RE2 syntax (pyarrow.compute): blanks are ASCII and Unicode spaces, as ``str.strip`` sees them.
+_BLANK = r"[\s\p{Z}]*"
+_TITLE_YEAR = (rf"^(?P<title>.*?){_BLANK}\((?P<year>\d{{4}})"
+               rf"(?:{_BLANK}[-–]{_BLANK}(?:\d{{4}})?)?\)$")
 
 
 @dataclass
@@ -144,30 +146,45 @@ READERS = {"csv": read_csv_release, "ml-1m": read_ml1m_release, "ml-100k": read_
 # ----------------------------------------------------------------------------- cleaning
 
 
+def _arrow_strings(values: pd.Series) -> pa.Array:
+    return pa.array(values.astype(object), type=pa.string(), from_pandas=True)
+
+
 def split_genres(genres: pd.Series, sep: str) -> pd.Series:
     """``"A|B"`` -> ``["A", "B"]``; ``(no genres listed)`` and empty -> ``[]``."""
-    return genres.fillna("").map(
-        lambda s: [g.strip() for g in s.split(sep) if g.strip() and g.strip() != NO_GENRES]
-    )
+    lists = pc.split_pattern(pc.fill_null(_arrow_strings(genres), ""), sep)
+    names = pc.utf8_trim_whitespace(pc.list_flatten(lists))
+    keep = pc.and_(pc.not_equal(names, ""), pc.not_equal(names, NO_GENRES))
+    per_row = np.bincount(pc.list_parent_indices(lists).filter(keep).to_numpy(),
+                          minlength=len(lists))
+    offsets = pa.array(np.r_[0, np.cumsum(per_row)].astype(np.int32))
+    kept = pa.ListArray.from_arrays(offsets, names.filter(keep))
+    return kept.to_pandas().set_axis(genres.index)
 
 
 def split_title_year(titles: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Titles without their trailing ``(year)``, and the year (first one of a range) or null."""
-    stripped = titles.fillna("").astype(str).str.strip()
-    parts = stripped.str.extract(_TITLE_YEAR)
-    title = parts["title"].str.strip()
-    title = title.where(parts["year"].notna() & (title.str.len() > 0), stripped)
-    year = pd.to_numeric(parts["year"], errors="coerce").astype("Int16")
-    return title, year
+    stripped = pc.utf8_trim_whitespace(pc.fill_null(_arrow_strings(titles), ""))
+    parts = pc.extract_regex(stripped, _TITLE_YEAR)
+    title = pc.utf8_trim_whitespace(parts.field("title"))
+    has_year = pc.and_(parts.is_valid(), pc.greater(pc.utf8_length(title), 0))
+    title = pc.if_else(has_year, title, stripped)
+    year = pc.if_else(parts.is_valid(), parts.field("year"), None).cast(pa.int16())
+    year_type = {pa.int16(): pd.Int16Dtype()}.get
+    return (title.to_pandas().set_axis(titles.index),
+            year.to_pandas(types_mapper=year_type).set_axis(titles.index))
 
 
 def normalize_imdb_ids(raw: pd.Series) -> tuple[pd.Series, int]:
     """7-digit zero-padded strings (8-digit ids kept whole); returns them and the invalid count."""
-    text = raw.astype("string").str.strip().str.removeprefix("tt")
-    valid = text.str.fullmatch(r"\d{1,10}").fillna(False).astype(bool)
-    invalid = int((~valid & text.notna() & (text != "")).sum())
-    padded = text.where(valid).str.lstrip("0").replace("", "0").str.zfill(7)
-    return padded.astype("string"), invalid
+    text = pc.utf8_trim_whitespace(_arrow_strings(raw))
+    text = pc.replace_substring_regex(text, "^tt", "")
+    valid = pc.fill_null(pc.match_substring_regex(text, r"^\d{1,10}$"), False)
+    invalid = pc.sum(pc.and_(pc.invert(valid), pc.not_equal(text, ""))).as_py() or 0
+    digits = pc.utf8_ltrim(text, "0")
+    digits = pc.if_else(pc.equal(digits, ""), "0", digits)
+    padded = pc.if_else(valid, pc.utf8_lpad(digits, 7, "0"), None)
+    return padded.to_pandas().astype("string").set_axis(raw.index), int(invalid)
 
 
 def clean_movies(raw: RawRelease, report: TableReport, links_report: TableReport) -> pd.DataFrame:
@@ -253,9 +270,9 @@ def clean_tags(tags: pa.Table | None, catalog: np.ndarray, report: TableReport) 
 # ----------------------------------------------------------------------------- writing
 
 
-def _write_table(table: pa.Table, target: Path) -> None:
+def _write_table(table: pa.Table, target: Path, **options: Any) -> None:
     with atomic_path(target) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, **options)
 
 
 def _convert_catalog_and_tags(
@@ -264,7 +281,9 @@ def _convert_catalog_and_tags(
     movies = clean_movies(raw, reports["movies"], reports["links"])
     _write_table(pa.Table.from_pandas(movies, schema=MOVIES_SCHEMA, preserve_index=False),
                  out["movies"])
-    _write_table(clean_tags(raw.tags, catalog, reports["tags"]), out["tags"])
+    # A dictionary for the tag text only: for ids and timestamps it costs more than it saves.
+    _write_table(clean_tags(raw.tags, catalog, reports["tags"]), out["tags"],
+                 use_dictionary=["tag"])
 
 
 def convert(fmt: str, files: Mapping[str, Path], out: Mapping[str, Path]) -> dict[str, Any]:
