@@ -10,9 +10,10 @@ Invalid rows are dropped, counted and reported with their reason, never silently
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ class RawRelease:
 
     movies: pd.DataFrame  # movieId, title (raw, with year), genres (list[str])
     ratings: Pieces  # pieces of userId, movieId, rating, timestamp (may hold nulls)
-    tags: pa.Table | None = None
+    tags: Callable[[], pa.Table] | None = None  # read when cleaned, beside the ratings stream
     links: pa.Table | None = None  # movieId, imdbId (str), tmdbId
 
 
@@ -89,8 +90,7 @@ def read_csv_release(files: Mapping[str, Path]) -> RawRelease:
                                           "tmdbId": pa.int64()})
     tags = None
     if "tags.csv" in files:
-        tags = read_csv(files["tags.csv"], _types(TAGS_SCHEMA),
-                        newlines_in_values=True)
+        tags = partial(read_csv, files["tags.csv"], _types(TAGS_SCHEMA), newlines_in_values=True)
     frame = movies.to_pandas()
     frame["genres"] = split_genres(frame["genres"], "|")
     return RawRelease(movies=frame, ratings=ratings, tags=tags, links=links)
@@ -281,8 +281,9 @@ def _convert_catalog_and_tags(
     movies = clean_movies(raw, reports["movies"], reports["links"])
     _write_table(pa.Table.from_pandas(movies, schema=MOVIES_SCHEMA, preserve_index=False),
                  out["movies"])
+    tags = raw.tags() if raw.tags is not None else None
     # A dictionary for the tag text only: for ids and timestamps it costs more than it saves.
-    _write_table(clean_tags(raw.tags, catalog, reports["tags"]), out["tags"],
+    _write_table(clean_tags(tags, catalog, reports["tags"]), out["tags"],
                  use_dictionary=["tag"])
 
 
