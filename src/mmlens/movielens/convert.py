@@ -240,13 +240,13 @@ def _clean_links(
 
 
 def _drop_nulls(table: pa.Table, report: TableReport) -> pa.Table:
+    if not any(column.null_count for column in table.columns):
+        return table
     mask = None
     for name in table.column_names:
         col_ok = pc.is_valid(table[name])
         mask = col_ok if mask is None else pc.and_(mask, col_ok)
-    if mask is None:
-        return table
-    report.drop("missing_value", len(table) - pc.sum(mask).as_py() if len(table) else 0)
+    report.drop("missing_value", len(table) - pc.sum(mask).as_py())
     return table.filter(mask)
 
 
@@ -256,13 +256,14 @@ def clean_tags(tags: pa.Table | None, catalog: np.ndarray, report: TableReport) 
         return TAGS_SCHEMA.empty_table()
     report.rows_read = len(tags)
     tags = _drop_nulls(tags, report)
-    empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(tags["tag"])), 0).to_numpy(
-        zero_copy_only=False)
+    blank = pc.or_(pc.utf8_is_space(tags["tag"]), pc.equal(pc.utf8_length(tags["tag"]), 0))
+    empty = blank.to_numpy(zero_copy_only=False)
+    unknown = ~np.isin(tags["movieId"].to_numpy(), catalog) & ~empty
     report.drop("empty_tag", int(empty.sum()))
-    tags = tags.filter(pa.array(~empty))
-    unknown = ~np.isin(tags["movieId"].to_numpy(), catalog)
     report.drop("unknown_movie", int(unknown.sum()))
-    tags = tags.filter(pa.array(~unknown))
+    dropped = empty | unknown
+    if dropped.any():
+        tags = tags.filter(pa.array(~dropped))
     report.rows_kept = len(tags)
     return tags.cast(TAGS_SCHEMA)
 
