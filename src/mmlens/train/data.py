@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmlens import artifacts
@@ -23,6 +24,7 @@ from mmlens.config import Config
 PAD = 0  # Categorify's padding code
 IN_MEMORY_MAX_ROWS = 2_000_000
 Features = dict[str, np.ndarray]
+Parts = Path | Sequence[Path]  # one ETL part directory, or several read as one
 
 
 def load_schema(path: Path) -> dict[str, Any]:
@@ -47,22 +49,34 @@ def part_dir(etl_dir: Path, schema: dict[str, Any], part: str) -> Path:
     return Path(etl_dir) / schema["parts"][part]
 
 
-def part_files(directory: Path) -> list[Path]:
-    """The parquet files of one ETL part, in name order."""
-    files = sorted(Path(directory).glob("part_*.parquet")) or sorted(
-        p for p in Path(directory).glob("*.parquet") if not p.name.startswith(("_", "."))
+def _directories(directory: Parts) -> list[Path]:
+    return [Path(directory)] if isinstance(directory, str | Path) else [Path(d) for d in directory]
+
+
+def part_files(directory: Parts) -> list[Path]:
+    """The parquet files of one ETL part (or of several, read as one), in name order."""
+    return [f for d in _directories(directory) for f in _files_of(d)]
+
+
+def _files_of(directory: Path) -> list[Path]:
+    files = sorted(directory.glob("part_*.parquet")) or sorted(
+        p for p in directory.glob("*.parquet") if not p.name.startswith(("_", "."))
     )
     if not files:
         raise FileNotFoundError(f"no parquet files in {directory}; re-run notebook 06")
     return files
 
 
-def part_rows(directory: Path) -> int:
+def part_rows(directory: Parts) -> int:
     """Row count from ``_metadata.json`` when present, else from the parquet footers."""
-    meta = Path(directory) / "_metadata.json"
+    return sum(_rows_of(d) for d in _directories(directory))
+
+
+def _rows_of(directory: Path) -> int:
+    meta = directory / "_metadata.json"
     if meta.exists():
         return sum(int(f["num_rows"]) for f in json.loads(meta.read_text())["file_stats"])
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in part_files(directory))
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in _files_of(directory))
 
 
 def feature_columns(schema: dict[str, Any], modalities: tuple[str, ...] | None = None) -> list[str]:
@@ -98,7 +112,7 @@ def table_to_features(
         col = table.column(slot["column"])
         hotness = int(slot["hotness"])
         if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
-            values = pad_lists(col.to_pylist(), hotness)
+            values = pad_list_column(col, hotness)
         else:
             values = col.to_numpy().astype(np.int64).reshape(-1, 1)
             if hotness > 1:
@@ -121,7 +135,19 @@ def pad_lists(values: Sequence[Sequence[int] | None], hotness: int) -> np.ndarra
     return out
 
 
-def read_part(directory: Path, schema: dict[str, Any],
+def pad_list_column(column: pa.ChunkedArray | pa.Array, hotness: int) -> np.ndarray:
+    """:func:`pad_lists` of an Arrow list column, vectorised (no per-row Python)."""
+    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy().astype(np.int64)
+    values = pc.list_flatten(column).to_numpy().astype(np.int64)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    position = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out = np.full((len(lengths), max(hotness, 1)), PAD, dtype=np.int64)
+    keep = position < hotness
+    out[rows[keep], position[keep]] = values[keep]
+    return out
+
+
+def read_part(directory: Parts, schema: dict[str, Any],
               modalities: tuple[str, ...] | None = None) -> tuple[Features, np.ndarray]:
     """A whole ETL part in memory (for small data and evaluation)."""
     cols = feature_columns(schema, modalities)
@@ -129,13 +155,13 @@ def read_part(directory: Path, schema: dict[str, Any],
     return table_to_features(table, schema, modalities)
 
 
-def read_frame(directory: Path, columns: list[str]) -> pd.DataFrame:
+def read_frame(directory: Parts, columns: list[str]) -> pd.DataFrame:
     """Selected columns of a part as a DataFrame."""
     return pd.concat([pd.read_parquet(f, columns=columns) for f in part_files(directory)],
                      ignore_index=True)
 
 
-def seen_codes(directory: Path, schema: dict[str, Any], slot: str) -> np.ndarray:
+def seen_codes(directory: Parts, schema: dict[str, Any], slot: str) -> np.ndarray:
     """Sorted unique codes of ``slot`` in one part (e.g. the movies a model trains on)."""
     column = next((s["column"] for s in schema["slots"] if s["name"] == slot), None)
     if column is None:
@@ -144,7 +170,7 @@ def seen_codes(directory: Path, schema: dict[str, Any], slot: str) -> np.ndarray
 
 
 def iter_batches(
-    directory: Path, schema: dict[str, Any], batch_size: int,
+    directory: Parts, schema: dict[str, Any], batch_size: int,
     modalities: tuple[str, ...] | None = None,
 ) -> Iterator[tuple[Features, np.ndarray]]:
     """Stream a part batch by batch; never holds more than one parquet batch in memory."""
@@ -154,8 +180,34 @@ def iter_batches(
             yield table_to_features(pa.Table.from_batches([batch]), schema, modalities)
 
 
+SHUFFLE_BATCHES = 8  # a streamed part shuffles within chunks of this many batches
+
+
+def _take(feats: Features, labels: np.ndarray, rows: Any) -> tuple[Features, np.ndarray]:
+    return {k: v[rows] for k, v in feats.items()}, labels[rows]
+
+
+def rebatch(chunks: Iterator[tuple[Features, np.ndarray]], batch_size: int, *,
+            rng: np.random.Generator | None = None) -> Iterator[tuple[Features, np.ndarray]]:
+    """Batches of exactly ``batch_size`` rows (the last one shorter) from chunks of any size,
+    rows carried over between chunks; with ``rng``, each chunk's rows are permuted first."""
+    carry: tuple[Features, np.ndarray] | None = None
+    for feats, labels in chunks:
+        if rng is not None:
+            feats, labels = _take(feats, labels, rng.permutation(len(labels)))
+        if carry is not None:
+            feats = {k: np.concatenate([carry[0][k], v]) for k, v in feats.items()}
+            labels = np.concatenate([carry[1], labels])
+        full = len(labels) - len(labels) % batch_size
+        for start in range(0, full, batch_size):
+            yield _take(feats, labels, slice(start, start + batch_size))
+        carry = _take(feats, labels, slice(full, None)) if full < len(labels) else None
+    if carry is not None:
+        yield carry
+
+
 def make_dataset(
-    directory: Path,
+    directory: Parts,
     schema: dict[str, Any],
     *,
     batch_size: int = 1024,
@@ -164,29 +216,34 @@ def make_dataset(
     seed: int = 0,
     in_memory: bool | None = None,
 ) -> Any:
-    """A ``tf.data.Dataset`` of ``(features, label)`` batches over one ETL part.
+    """A ``tf.data.Dataset`` of ``(features, label)`` batches over one ETL part (or several).
 
     ``in_memory=None`` loads parts up to :data:`IN_MEMORY_MAX_ROWS` rows and streams larger ones
-    (streamed parts shuffle within a buffer of a few batches).
+    (streamed parts shuffle within chunks of :data:`SHUFFLE_BATCHES` batches; in-memory ones
+    over the whole part, a new permutation every epoch). Batches are cut and shuffled as whole
+    arrays, never row by row, so the pipeline stays cheap beside the model.
     """
     import tensorflow as tf
 
+    rows = part_rows(directory)
     if in_memory is None:
-        in_memory = part_rows(directory) <= IN_MEMORY_MAX_ROWS
+        in_memory = rows <= IN_MEMORY_MAX_ROWS
+    rng = np.random.default_rng(seed) if shuffle else None
     if in_memory:
         feats, labels = read_part(directory, schema, modalities)
-        ds = tf.data.Dataset.from_tensor_slices((feats, labels))
-        if shuffle:
-            ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    signature = _signature(schema, modalities)
-    ds = tf.data.Dataset.from_generator(
-        lambda: iter_batches(directory, schema, batch_size, modalities),
-        output_signature=signature,
-    ).unbatch()
-    if shuffle:
-        ds = ds.shuffle(8 * batch_size, seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+        def batches() -> Iterator[tuple[Features, np.ndarray]]:
+            return rebatch(iter([(feats, labels)]), batch_size, rng=rng)
+    else:
+        chunk = SHUFFLE_BATCHES * batch_size if shuffle else batch_size
+
+        def batches() -> Iterator[tuple[Features, np.ndarray]]:
+            return rebatch(iter_batches(directory, schema, chunk, modalities), batch_size,
+                           rng=rng)
+    ds = tf.data.Dataset.from_generator(batches,
+                                        output_signature=_signature(schema, modalities))
+    n_batches = -(-rows // batch_size)  # rebatch cuts exactly this many
+    return ds.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(tf.data.AUTOTUNE)
 
 
 def _signature(schema: dict[str, Any], modalities: tuple[str, ...] | None) -> Any:

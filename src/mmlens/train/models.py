@@ -151,24 +151,51 @@ def _trainable_features(schema: dict[str, Any], inputs: dict[str, Any], emb_dim:
     return feats
 
 
+@keras.saving.register_keras_serializable(package="mmlens")
+class UniqueIds(keras.layers.Layer):
+    """``ids [B]`` -> ``(unique ids [U], inverse [B])`` with ``unique[inverse] == ids``: a frozen
+    table's rows are looked up, normalised and projected once per distinct movie of the batch."""
+
+    def call(self, ids: Any) -> tuple[Any, Any]:
+        import tensorflow as tf
+
+        unique, inverse = tf.unique(ops.reshape(ids, (-1,)))
+        return unique, inverse
+
+    def compute_output_spec(self, ids: Any) -> tuple[Any, Any]:
+        return (keras.KerasTensor((None,), dtype=ids.dtype),
+                keras.KerasTensor((None,), dtype="int32"))
+
+
+@keras.saving.register_keras_serializable(package="mmlens")
+class TakeRows(keras.layers.Layer):
+    """``rows [U, D]`` taken at ``inverse [B]`` -> ``[B, D]``."""
+
+    def call(self, inputs: list[Any]) -> Any:
+        rows, inverse = inputs
+        return ops.take(rows, inverse, axis=0)
+
+
 def _pretrained_features(schema: dict[str, Any], inputs: dict[str, Any],
                          tables: Mapping[str, np.ndarray], modalities: Sequence[str], *,
                          trainable: bool, project_dim: int | None, has_flags: bool,
                          normalize: bool) -> tuple[list[Any], dict[str, Any]]:
-    """Deep-part features and, per modality, the looked-up (normalised) content vector."""
+    """Deep-part features and, per modality, the (normalised) content vectors of the batch's
+    distinct movies with the inverse index that maps them back to rows."""
     feats, content = [], {}
     for m in modalities:
         info = schema["pretrained"][m]
         rows, dim = tables[m].shape
         emb = keras.layers.Embedding(rows, dim, embeddings_initializer="zeros",
                                      trainable=trainable, name=pretrained_layer_name(m))
-        vec = emb(inputs[info["slot"]])
+        unique, inverse = UniqueIds(name=f"{m}_unique")(inputs[info["slot"]])
+        vec = emb(unique)
         if normalize:  # scale-free content: raw CNN features are large, sentence vectors unit
             vec = keras.layers.UnitNormalization(name=f"{m}_unit")(vec)
-        content[m] = vec
+        content[m] = (vec, inverse)
         if project_dim:
             vec = keras.layers.Dense(project_dim, activation="relu", name=f"project_{m}")(vec)
-        feats.append(vec)
+        feats.append(TakeRows(name=f"{m}_rows")([vec, inverse]))
         if has_flags:
             feats.append(keras.layers.Reshape((1,), name=f"{m}_flag")(inputs[info["has_column"]]))
     return feats, content
@@ -203,8 +230,9 @@ def _tower(trainable: dict[str, Any], content: dict[str, Any], emb_dim: int) -> 
     """``<user vector, item vector>``, item vector = id (gated) + genre + year vectors + a linear
     projection (no bias: missing content adds nothing) of each content vector."""
     parts = [v for name, v in trainable.items() if name != USER_SLOT]
-    parts += [keras.layers.Dense(emb_dim, use_bias=False, name=f"tower_{m}")(v)
-              for m, v in content.items()]
+    parts += [TakeRows(name=f"tower_{m}_rows")(
+        [keras.layers.Dense(emb_dim, use_bias=False, name=f"tower_{m}")(v), inverse])
+        for m, (v, inverse) in content.items()]
     item = keras.layers.Add(name="tower_item")(parts) if len(parts) > 1 else parts[0]
     return keras.layers.Dot(axes=1, name="tower_dot")([trainable[USER_SLOT], item])
 

@@ -1,0 +1,124 @@
+"""Stage 08 speed: frozen pretrained tables vs ID-only, streamed input vs in-memory tensors.
+
+Builds an ETL output from the default-profile sample world in a temporary directory: 01 converts
+the world's release zip, 05 and 06 run for the ``random`` split. The 03/04 tables are random
+vectors of the real encoders' widths (ResNet-50 2048, reduced by 05 to HugeCTR's 1024 cap, and
+MiniLM 384): their values do not change the cost of a training step, and running the encoders
+would take most of the budget.
+
+The model is 08's default (:data:`keras_train.DEFAULT_MODEL_OPTIONS`). Training throughput is
+rows per second over whole epochs of the train part, after one untimed epoch (graph tracing);
+the configurations alternate over :data:`ROUNDS` rounds and each keeps its median, so load from
+other processes hits all of them alike. Prints
+
+- ``BENCH 08 frozen_vs_id_only_throughput <ratio>`` (target >= 0.7): +poster+text model (frozen
+  tables) over the ID-only model, both fed from in-memory tensors;
+- ``BENCH 08 streamed_vs_in_memory_throughput <ratio>`` (target >= 0.8): the +poster+text model
+  fed by the streamed parquet pipeline over the same model fed from in-memory tensors.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mmlens import artifacts, etl, feature_store, protocol
+from mmlens.config import Config
+from mmlens.sample import ensure_world
+
+DIMS = {"poster": 2048, "text": 384}
+BATCH_SIZE = 1024
+ROUNDS = 5
+SEED = 0
+
+
+def write_random_tables(cfg: Config) -> None:
+    """03/04-shaped outputs (embeddings, row index, meta) of random vectors for every movie."""
+    movie_ids = pd.read_parquet(artifacts.require(cfg, "movies"))["movieId"].to_numpy()
+    rng = np.random.default_rng(SEED)
+    for m, dim in DIMS.items():
+        path = artifacts.path(cfg, "embeddings", modality=m)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, rng.standard_normal((len(movie_ids), dim)).astype(np.float32))
+        index = pd.DataFrame({"row": np.arange(len(movie_ids), dtype=np.int64),
+                              "movieId": movie_ids, f"has_{m}": True})
+        artifacts.write_parquet(index, artifacts.path(cfg, "embedding_index", modality=m))
+        artifacts.write_json(artifacts.path(cfg, "embedding_meta", modality=m),
+                             {"model": f"random-{m} (bench_08)", "dim": dim})
+
+
+def prepare(work: Path) -> tuple[Path, dict[str, Any]]:
+    """01, 05 and 06 (``random`` split) on the sample world; return the ETL dir and schema."""
+    from mmlens.train import data
+
+    cfg = Config(data_dir=work, dataset="sample", sample_profile="default", seed=SEED)
+    with zipfile.ZipFile(ensure_world(cfg) / "ml-sample.zip") as archive:
+        archive.extractall(work / "release")
+    protocol.convert_release(cfg, work / "release" / "ml-sample")
+    write_random_tables(cfg)
+    feature_store.run(cfg)
+    etl.run(cfg, splits=("random",))
+    return data.require_split(cfg, "random")
+
+
+def epoch_timer(etl_dir: Path, schema: dict[str, Any], modalities: tuple[str, ...],
+                in_memory: bool) -> Callable[[], float]:
+    """A compiled 08 model and its train dataset; the returned call trains one epoch and gives
+    rows per second."""
+    from mmlens.train import data, keras_train, models
+
+    keras_train.set_seed(SEED)
+    train = data.part_dir(etl_dir, schema, "train")
+    rows = data.part_rows(train)
+    ds = data.make_dataset(train, schema, batch_size=BATCH_SIZE, modalities=modalities,
+                           shuffle=True, seed=SEED, in_memory=in_memory)
+    model = models.build("mlp", schema, data.load_tables(etl_dir, schema, modalities),
+                         modalities=modalities, **keras_train.DEFAULT_MODEL_OPTIONS)
+    keras_train.compile_model(model)
+
+    def one_epoch() -> float:
+        start = time.perf_counter()
+        model.fit(ds, epochs=1, verbose=0, shuffle=False)
+        return rows / (time.perf_counter() - start)
+
+    one_epoch()  # tracing and first-use costs, untimed
+    return one_epoch
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="mmlens-bench08-", dir="/tmp"))
+    try:
+        start = time.perf_counter()
+        etl_dir, schema = prepare(work)
+        print(f"prepared the sample world in {time.perf_counter() - start:.0f} s")
+        content = ("poster", "text")
+        timers = {"id_only": epoch_timer(etl_dir, schema, (), True),
+                  "frozen": epoch_timer(etl_dir, schema, content, True),
+                  "streamed": epoch_timer(etl_dir, schema, content, False)}
+        speeds: dict[str, list[float]] = {name: [] for name in timers}
+        for _ in range(ROUNDS):
+            for name, timer in timers.items():
+                speeds[name].append(timer())
+        rate = {name: statistics.median(v) for name, v in speeds.items()}
+        for name, value in rate.items():
+            print(f"  {name}: {value:,.0f} rows/s (median of {ROUNDS} epochs)")
+        print(f"BENCH 08 frozen_vs_id_only_throughput {rate['frozen'] / rate['id_only']:.3f}")
+        print(f"BENCH 08 streamed_vs_in_memory_throughput "
+              f"{rate['streamed'] / rate['frozen']:.3f}")
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
