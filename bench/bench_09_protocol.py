@@ -24,9 +24,14 @@ from mmlens.config import Config
 from mmlens.train.keras_train import DEFAULT_MODEL_OPTIONS
 
 SEEDS = (1, 2, 3)
-# emb_l2 chosen on the protocol's validation parts (1e-5 / 1e-4 / 3e-4 / 1e-3, seed 1), never test
-TRAIN = {"epochs": 12, "patience": 2, "batch_size": 1024, "lr": 2e-3,
-         "model_options": {**DEFAULT_MODEL_OPTIONS, "emb_l2": 1e-4}}
+# chosen on the protocol's validation parts (seed 1; warm and cold val AUC), never on test:
+# emb_l2 1e-4 (of 1e-5 / 3e-5 / 1e-4 / 3e-4 / 1e-3), emb_dim 64 (of 32 / 64 / 128), one hidden
+# layer of 64 with dropout 0.3 (of none / 64 / 128 / 128-64), item dropout 0.25 (of 0.1 / 0.25);
+# a per-lookup L2 and the Adagrad / AdamW optimizers scored lower. The epoch count comes from
+# early stopping on validation AUC, then the model is refit on train + valid for that many epochs.
+TRAIN = {"epochs": 30, "patience": 3, "batch_size": 1024, "lr": 2e-3, "refit": True,
+         "model_options": {**DEFAULT_MODEL_OPTIONS, "emb_l2": 1e-4, "emb_dim": 64,
+                           "mlp": (64,), "dropout": 0.3}}
 
 
 def main() -> int:

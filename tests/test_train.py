@@ -279,3 +279,43 @@ def test_content_helps_cold_movies_with_default_model(world: dict[str, Any]) -> 
         assert metrics["unseen_items"] == "zero"
         auc[name] = metrics["auc"]
     assert auc["+both"] > auc["id-only"] + 0.1, auc
+
+
+def test_refit_trains_on_train_and_valid_for_the_chosen_epochs(world: dict[str, Any]) -> None:
+    etl_dir, schema = world["dirs"]["cold-items"], world["schemas"]["cold-items"]
+    parts = [data.part_dir(etl_dir, schema, p) for p in ("train", "valid")]
+    assert data.part_rows(parts) == data.part_rows(parts[0]) + data.part_rows(parts[1])
+    model, metrics = keras_train.train_and_evaluate(
+        etl_dir, schema, modalities=("text",), epochs=3, seed=1, batch_size=64, refit=True)
+    assert metrics["refit"] and 1 <= metrics["best_epoch"] <= metrics["epochs_run"] <= 3
+    known = model.get_layer(models.GATE_LAYER).get_weights()[0]
+    valid_movies = data.seen_codes(parts[1], schema, "movieId")
+    assert known[valid_movies].all()  # the refit model has seen the validation movies
+    assert not known[schema["cold_movie_codes"]].any()  # test movies stay unknown
+
+
+def test_list_column_padding_and_rebatch_cover_every_row_once() -> None:
+    import pyarrow as pa
+
+    col = pa.chunked_array([pa.array([[5, 6], None, [7, 8, 9, 10], []]), pa.array([[1], [2, 3]])])
+    np.testing.assert_array_equal(data.pad_list_column(col, 3), data.pad_lists(col.to_pylist(), 3))
+    chunks = [({"x": np.arange(a, b)}, np.arange(a, b, dtype=np.float32))
+              for a, b in ((0, 5), (5, 12), (12, 13))]
+    plain = list(data.rebatch(iter(chunks), 4))
+    assert [len(y) for _, y in plain] == [4, 4, 4, 1]
+    np.testing.assert_array_equal(np.concatenate([f["x"] for f, _ in plain]), np.arange(13))
+    rng = np.random.default_rng(0)
+    first, second = ([f["x"] for f, _ in data.rebatch(iter(chunks), 4, rng=rng)]
+                     for _ in range(2))
+    assert sorted(np.concatenate(first)) == list(range(13))
+    assert not np.array_equal(np.concatenate(first), np.concatenate(second))  # new order
+
+
+def test_content_is_projected_once_per_distinct_movie(world: dict[str, Any]) -> None:
+    schema, tables = world["schemas"]["random"], world["tables"]["random"]
+    model = models.build_mlp(schema, tables, emb_dim=4, mlp=(8,), tower=True)
+    feats, _ = data.read_part(world["dirs"]["random"] / "test", schema)
+    p = keras_train.predict_features(model, feats)
+    one_by_one = np.concatenate([keras_train.predict_features(
+        model, {k: v[i:i + 1] for k, v in feats.items()}) for i in range(5)])
+    np.testing.assert_allclose(p[:5], one_by_one, rtol=1e-5)  # dedupe changes no prediction

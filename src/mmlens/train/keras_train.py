@@ -180,6 +180,7 @@ def train_and_evaluate(
     out_dir: Path | None = None,
     model_options: dict[str, Any] | None = None,
     unseen_items: str = "zero",
+    refit: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """Build, fit and score one model on ``etl_dir``; return ``(model, metrics)``.
 
@@ -187,9 +188,10 @@ def train_and_evaluate(
     the builder (default :data:`DEFAULT_MODEL_OPTIONS`). ``unseen_items="zero"`` treats movies
     absent from the train part as unknown (zero id vector, :func:`models.known_mask`), at
     validation, test and recommendation time; ``"keep"`` leaves their untrained id vectors.
+    ``refit``: once early stopping has chosen the epoch count on the validation part, train a
+    fresh model (same seed) on train + valid for that many epochs and score that one; the test
+    part is never looked at before scoring.
     """
-    from mmlens.train import models
-
     if unseen_items not in UNSEEN_POLICIES:
         raise ValueError(f"unseen_items must be one of {UNSEEN_POLICIES}, got {unseen_items!r}")
     set_seed(seed)
@@ -198,27 +200,49 @@ def train_and_evaluate(
     parts = {p: data.part_dir(etl_dir, schema, p) for p in ("train", "valid", "test")}
     batch_size = effective_batch_size(batch_size, data.part_rows(parts["train"]))
     kw = {"batch_size": batch_size, "modalities": mods}
-    train_ds = data.make_dataset(parts["train"], schema, shuffle=True, seed=seed, **kw)
-    valid_ds = data.make_dataset(parts["valid"], schema, **kw)
-    test_ds = data.make_dataset(parts["test"], schema, **kw)
     options = dict(DEFAULT_MODEL_OPTIONS if model_options is None else model_options)
-    if unseen_items == "zero":
-        card = next(s["cardinality"] for s in schema["slots"] if s["name"] == models.ITEM_SLOT)
-        seen = data.seen_codes(parts["train"], schema, models.ITEM_SLOT)
-        options["known_items"] = models.known_mask(card, seen)
-    with strategy_scope():
-        model = models.build(variant, schema, tables, modalities=mods,
-                             trainable_tables=fine_tune, **options)
-        compile_model(model, lr)
-    history = fit(model, train_ds, valid_ds, epochs=epochs, patience=patience,
-                  out_dir=out_dir)
+    spec = {"variant": variant, "schema": schema, "tables": tables, "modalities": mods,
+            "fine_tune": fine_tune, "options": options, "lr": lr, "unseen_items": unseen_items}
+    model = _new_model(spec, parts["train"])
+    train_ds = data.make_dataset(parts["train"], schema, shuffle=True, seed=seed, **kw)
+    history = fit(model, train_ds, data.make_dataset(parts["valid"], schema, **kw),
+                  epochs=epochs, patience=patience, out_dir=out_dir)
+    best_epoch = int(np.argmax(history["val_auc"])) + 1 if history.get("val_auc") else epochs
+    if refit:
+        set_seed(seed)
+        both = [parts["train"], parts["valid"]]
+        model = _new_model(spec, both)
+        model.fit(data.make_dataset(both, schema, shuffle=True, seed=seed, **kw),
+                  epochs=best_epoch, verbose=0, shuffle=False)
+    test_ds = data.make_dataset(parts["test"], schema, **kw)
     labels = np.concatenate([y.numpy() for _, y in test_ds])
     metrics = evaluate.pointwise_metrics(labels, predict(model, test_ds))
     metrics["epochs_run"] = len(history.get("loss", []))
+    metrics["best_epoch"] = best_epoch
     metrics["best_val_auc"] = max(history.get("val_auc", [float("nan")]))
     metrics["batch_size"] = batch_size
     metrics["unseen_items"] = unseen_items
+    metrics["refit"] = refit
     return model, metrics
+
+
+def _new_model(spec: dict[str, Any], train_parts: data.Parts) -> Any:
+    """A compiled model of ``spec``; with ``unseen_items="zero"``, movies absent from
+    ``train_parts`` are unknown to it."""
+    from mmlens.train import models
+
+    options = dict(spec["options"])
+    schema = spec["schema"]
+    if spec["unseen_items"] == "zero":
+        card = next(s["cardinality"] for s in schema["slots"] if s["name"] == models.ITEM_SLOT)
+        seen = data.seen_codes(train_parts, schema, models.ITEM_SLOT)
+        options["known_items"] = models.known_mask(card, seen)
+    with strategy_scope():
+        model = models.build(spec["variant"], schema, spec["tables"],
+                             modalities=spec["modalities"], trainable_tables=spec["fine_tune"],
+                             **options)
+        compile_model(model, spec["lr"])
+    return model
 
 
 def run(
