@@ -201,10 +201,19 @@ def test_missing_store_names_notebook_05(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_local_cluster_matches_single_process(cfg: Config, tmp_path: Path) -> None:
+@pytest.mark.parametrize("cluster", ["workers", "scheduler"])
+def test_local_cluster_matches_single_process(cfg: Config, tmp_path: Path, cluster: str) -> None:
     other = cfg.with_(data_dir=tmp_path)
     shutil.copytree(cfg.dataset_dir / "store", other.dataset_dir / "store")
-    etl.run(other, splits=("random",), workers=2)
+    if cluster == "workers":
+        etl.run(other, splits=("random",), workers=2)
+    else:
+        from distributed import LocalCluster
+
+        with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                          dashboard_address=None) as running:
+            etl.run(other, splits=("random",), scheduler=running.scheduler_address)
+            assert running.scheduler.transition_counter > 0  # the work ran on that cluster
     for part in splits.PARTS:
         pd.testing.assert_frame_equal(etl.read_etl_part(other, "random", part),
                                       etl.read_etl_part(cfg, "random", part))
