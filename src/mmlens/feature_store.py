@@ -50,7 +50,7 @@ def run(cfg: Config, *, label_threshold: float = 3.0, missing_policy: str = "zer
     }
     summary: dict[str, Any] = {"splits": {}, "pretrained": {}}
     for name, split in cut.items():
-        summary["splits"][name] = _write_split(cfg, split, label_threshold)
+        summary["splits"][name] = write_split(cfg, split, label_threshold)
 
     items = build_items(movies, cut["random"].train)
     for m in modalities:
@@ -176,7 +176,7 @@ def reduce_pca(table: np.ndarray, has: np.ndarray, dim: int) -> tuple[np.ndarray
     info = {k: v for k, v in info.items() if k not in ("components", "mean")}
     return reduced, info
 
-def _write_split(cfg: Config, split: splits.Split, label_threshold: float) -> dict[str, Any]:
+def write_split(cfg: Config, split: splits.Split, label_threshold: float) -> dict[str, Any]:
     target = artifacts.path(cfg, "split", split=split.name)
     stats = {part: splits.part_stats(df) for part, df in split.parts().items()}
     meta = {"split": split.name, "seed": cfg.seed, "label": f"rating > {label_threshold}",

@@ -111,7 +111,7 @@ def write_store(cfg: Config, protocol_dir: Path, *, modalities: tuple[str, ...] 
     cut = {"random": warm_split(ratings, pairs, seed=cfg.seed, valid_share=valid_share),
            "cold-items": cold_split(ratings, cold, seed=cfg.seed, valid_share=valid_share)}
     summary: dict[str, Any] = {
-        name: feature_store._write_split(cfg, split, LABEL_THRESHOLD)
+        name: feature_store.write_split(cfg, split, LABEL_THRESHOLD)
         for name, split in cut.items()}
     movies = pd.read_parquet(artifacts.require(cfg, "movies"))
     items = feature_store.build_items(movies, cut["random"].train)
