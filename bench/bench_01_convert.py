@@ -19,10 +19,7 @@ Prints `BENCH 01 convert_vs_pyarrow <best pyarrow time / best mmlens time>` (tar
 
 from __future__ import annotations
 
-import json
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from childproc import run_child
 
 N_RATINGS = 25_000_095
 N_USERS = 162_541
@@ -134,14 +132,6 @@ def generate(folder: Path, seed: int = 0) -> None:
 # ----------------------------------------------------------------------------- measuring
 
 
-def peak_rss_kb() -> int:
-    """This process's peak RSS in kB (``VmHWM``: unlike ``ru_maxrss``, not inherited at fork)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def child(mode: str, folder: Path) -> None:
     """Time one side in this fresh process; print json with seconds and peak RSS (kB)."""
     if mode == "pyarrow":
@@ -175,16 +165,11 @@ def child(mode: str, folder: Path) -> None:
         rows = report["ratings"]["rows_kept"]
         assert report["ratings"]["rows_read"] == N_RATINGS, report
         assert report["tags"]["rows_kept"] == N_TAGS, report
-    peak = peak_rss_kb()
-    print(json.dumps({"seconds": seconds, "rows": rows, "peak_kb": peak}))
+    report(seconds=seconds, rows=rows)
 
 
 def measure(mode: str, folder: Path) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", mode, str(folder)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode:
-        raise RuntimeError(f"{mode} child failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__file__, mode, str(folder))
 
 
 def main() -> None:

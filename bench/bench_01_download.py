@@ -21,8 +21,6 @@ time>` (the same work on both sides) and `BENCH 01 download_rss_growth <peak RSS
 from __future__ import annotations
 
 import hashlib
-import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -35,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+from childproc import peak_rss_kb, report, run_child
 
 SIZES_MB = (50, 200)
 ROUNDS = 3
@@ -98,14 +97,6 @@ def md5_seconds(path: Path) -> float:
     return best
 
 
-def peak_rss_kb() -> int:
-    """This process's peak RSS in kB (``VmHWM``: unlike ``ru_maxrss``, not inherited at fork)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def child(url: str, dest: Path, md5: str) -> None:
     """Download in this fresh process; print json with seconds and peak RSS (kB)."""
     from mmlens.movielens.download import download
@@ -114,17 +105,13 @@ def child(url: str, dest: Path, md5: str) -> None:
     start = time.perf_counter()
     download(url, dest, md5=md5, force=True)
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "before_kb": before,
-                      "peak_kb": peak_rss_kb()}))
+    report(seconds=seconds, before_kb=before)
 
 
 def run_mmlens(url: str, dest: Path, md5: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", url, str(dest), md5],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode:
-        raise RuntimeError(f"download child failed:\n{proc.stderr[-3000:]}")
+    result = run_child(__file__, url, str(dest), md5)
     _clean(dest)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
 
 
 def run_curl(url: str, dest: Path) -> float:

@@ -18,11 +18,8 @@ is pandas seconds / mmlens seconds of the same run (> 1: mmlens is faster).
 
 from __future__ import annotations
 
-import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +30,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from childproc import report, run_child
 
 N_RATINGS = int(os.environ.get("MMLENS_BENCH_RATINGS", "25000095"))
 N_USERS = 162_541
@@ -265,33 +263,18 @@ def run_06(cfg: Any) -> int:
 MODES = {"05": run_05, "06": run_06, "pandas05": pandas_05, "pandas06": pandas_06}
 
 
-def peak_rss_kb() -> int:
-    """This process's peak RSS in kB (``VmHWM``: unlike ``ru_maxrss``, not inherited at fork)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def child(mode: str, folder: Path) -> None:
     """Run one side in this fresh process; print json with seconds, rows and peak RSS (kB)."""
     cfg = config(folder)
     start = time.perf_counter()
     rows = MODES[mode](cfg)
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "rows": rows, "peak_kb": peak_rss_kb()}))
+    report(seconds=seconds, rows=rows)
 
 
 def measure(mode: str, folder: Path) -> dict[str, Any]:
     """One side in a fresh subprocess; its output is passed through, its json returned."""
-    proc = subprocess.run([sys.executable, __file__, "--child", mode, str(folder)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode:
-        raise RuntimeError(f"{mode} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    lines = proc.stdout.strip().splitlines()
-    for line in lines[:-1]:
-        print(f"  {mode}| {line}", flush=True)
-    result = json.loads(lines[-1])
+    result = run_child(__file__, mode, str(folder), echo=mode)
     print(f"{mode}: {result['seconds']:.1f} s, {result['rows']:,} rows, "
           f"peak RSS {result['peak_kb'] / 1e6:.2f} GB", flush=True)
     return result
