@@ -319,3 +319,24 @@ def test_content_is_projected_once_per_distinct_movie(world: dict[str, Any]) -> 
     one_by_one = np.concatenate([keras_train.predict_features(
         model, {k: v[i:i + 1] for k, v in feats.items()}) for i in range(5)])
     np.testing.assert_allclose(p[:5], one_by_one, rtol=1e-5)  # dedupe changes no prediction
+
+
+def test_rating_mix_grades_training_targets_only(world: dict[str, Any]) -> None:
+    labels = np.array([0.0, 1.0, 1.0], np.float32)
+    mixed = data.soft_labels(labels, np.array([0.5, 4.0, 5.0]), 0.5)
+    np.testing.assert_allclose(mixed, [0.0, 0.5 + 0.5 * 3.5 / 4.5, 1.0], rtol=1e-6)
+    with pytest.raises(ValueError, match="rating_mix"):
+        data.soft_labels(labels, labels, 1.5)
+    plain = np.concatenate([y.numpy() for _, y in _ds(world, "train", batch_size=64)])
+    for in_memory in (True, False):
+        soft = np.concatenate([y.numpy() for _, y in _ds(
+            world, "train", batch_size=64, rating_mix=0.5, in_memory=in_memory)])
+        assert np.isin(plain, [0.0, 1.0]).all() and not np.array_equal(soft, plain)
+        frame = data.read_frame(world["dirs"]["random"] / "train", ["label", "rating"])
+        np.testing.assert_allclose(soft, data.soft_labels(
+            frame["label"].to_numpy(np.float32), frame["rating"].to_numpy(), 0.5), rtol=1e-6)
+    # off by default; on, training sees graded targets while test metrics use the 0/1 label
+    etl_dir, schema = world["dirs"]["random"], world["schemas"]["random"]
+    _, metrics = keras_train.train_and_evaluate(
+        etl_dir, schema, modalities=("text",), epochs=1, seed=1, batch_size=64, rating_mix=0.5)
+    assert metrics["rating_mix"] == 0.5 and 0.0 <= metrics["auc"] <= 1.0

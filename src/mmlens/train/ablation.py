@@ -41,12 +41,13 @@ def run(
     model_options: dict[str, Any] | None = None,
     unseen_items: str = "zero",
     refit: bool = False,
+    rating_mix: float = 0.0,
 ) -> pd.DataFrame:
     """Train every variant x seed on each split; return mean/std per (setting, variant).
 
     Writes ``metrics/09.json`` (summary and runs), ``metrics/09-ablation.csv`` (one row per run)
     and ``figures/09-ablation.png``. ``fine_tune=True`` lets the pretrained tables train too;
-    ``model_options``, ``unseen_items`` and ``refit`` go to
+    ``model_options``, ``unseen_items``, ``refit`` and ``rating_mix`` go to
     :func:`keras_train.train_and_evaluate` (default: the cold-aware model, movies unseen in train
     as unknown, no refit on train + valid).
     """
@@ -71,7 +72,8 @@ def run(
         _, metrics = keras_train.train_and_evaluate(
             etl_dir, schema, modalities=VARIANTS[variant], epochs=epochs, seed=seed,
             batch_size=batch_size, lr=lr, patience=patience, fine_tune=fine_tune,
-            model_options=model_options, unseen_items=unseen_items, refit=refit)
+            model_options=model_options, unseen_items=unseen_items, refit=refit,
+            rating_mix=rating_mix)
         rows.append({"split": split, "setting": SETTINGS.get(split, split), "variant": variant,
                      "seed": seed, "auc": metrics["auc"], "logloss": metrics["logloss"],
                      "val_auc": metrics["best_val_auc"], "epochs_run": metrics["epochs_run"]})

@@ -23,6 +23,8 @@ from mmlens.config import Config
 
 PAD = 0  # Categorify's padding code
 IN_MEMORY_MAX_ROWS = 2_000_000
+RATING_COLUMN = "rating"  # the raw star rating the ETL carries beside the 0/1 label
+RATING_RANGE = (0.5, 5.0)
 Features = dict[str, np.ndarray]
 Parts = Path | Sequence[Path]  # one ETL part directory, or several read as one
 
@@ -79,11 +81,13 @@ def _rows_of(directory: Path) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in _files_of(directory))
 
 
-def feature_columns(schema: dict[str, Any], modalities: tuple[str, ...] | None = None) -> list[str]:
-    """Parquet columns needed for the slots (all pretrained ones unless ``modalities`` is given)."""
+def feature_columns(schema: dict[str, Any], modalities: tuple[str, ...] | None = None,
+                    rating_mix: float = 0.0) -> list[str]:
+    """Parquet columns needed for the slots (all pretrained ones unless ``modalities`` is given);
+    with ``rating_mix``, the rating column too (see :func:`table_to_features`)."""
     cols = [s["column"] for s in _slots(schema, modalities)]
     cols += [schema["pretrained"][m]["has_column"] for m in _modalities(schema, modalities)]
-    return cols + [schema["label"]]
+    return cols + [schema["label"]] + ([RATING_COLUMN] if rating_mix else [])
 
 
 def _modalities(schema: dict[str, Any], modalities: tuple[str, ...] | None) -> list[str]:
@@ -103,10 +107,22 @@ def _slots(schema: dict[str, Any], modalities: tuple[str, ...] | None) -> list[d
             if s["name"] not in pretrained_slots or pretrained_slots[s["name"]] in keep]
 
 
+def soft_labels(labels: np.ndarray, ratings: np.ndarray, rating_mix: float) -> np.ndarray:
+    """``(1 - rating_mix) * label + rating_mix * rating`` with the rating scaled to [0, 1]: a
+    graded training target that still ranks like the label (for rating_mix < 1)."""
+    if not 0.0 <= rating_mix <= 1.0:
+        raise ValueError(f"rating_mix must be in [0, 1], got {rating_mix}")
+    low, high = RATING_RANGE
+    scaled = np.clip((np.asarray(ratings, np.float32) - low) / (high - low), 0.0, 1.0)
+    return ((1.0 - rating_mix) * labels + rating_mix * scaled).astype(np.float32)
+
+
 def table_to_features(
-    table: pa.Table, schema: dict[str, Any], modalities: tuple[str, ...] | None = None
+    table: pa.Table, schema: dict[str, Any], modalities: tuple[str, ...] | None = None,
+    rating_mix: float = 0.0,
 ) -> tuple[Features, np.ndarray]:
-    """Arrow rows -> (features by slot name, float32 labels)."""
+    """Arrow rows -> (features by slot name, float32 labels); with ``rating_mix`` > 0 the labels
+    are :func:`soft_labels` (training targets only: evaluation keeps the 0/1 label)."""
     feats: Features = {}
     for slot in _slots(schema, modalities):
         col = table.column(slot["column"])
@@ -122,6 +138,10 @@ def table_to_features(
         flag = schema["pretrained"][m]["has_column"]
         feats[flag] = table.column(flag).to_numpy().astype(np.float32)
     labels = table.column(schema["label"]).to_numpy().astype(np.float32)
+    if rating_mix:
+        if RATING_COLUMN not in table.column_names:
+            raise ValueError(f"rating_mix needs a {RATING_COLUMN!r} column in the ETL output")
+        labels = soft_labels(labels, table.column(RATING_COLUMN).to_numpy(), rating_mix)
     return feats, labels
 
 
@@ -148,11 +168,12 @@ def pad_list_column(column: pa.ChunkedArray | pa.Array, hotness: int) -> np.ndar
 
 
 def read_part(directory: Parts, schema: dict[str, Any],
-              modalities: tuple[str, ...] | None = None) -> tuple[Features, np.ndarray]:
+              modalities: tuple[str, ...] | None = None,
+              rating_mix: float = 0.0) -> tuple[Features, np.ndarray]:
     """A whole ETL part in memory (for small data and evaluation)."""
-    cols = feature_columns(schema, modalities)
+    cols = feature_columns(schema, modalities, rating_mix)
     table = pa.concat_tables([pq.read_table(f, columns=cols) for f in part_files(directory)])
-    return table_to_features(table, schema, modalities)
+    return table_to_features(table, schema, modalities, rating_mix)
 
 
 def read_frame(directory: Parts, columns: list[str]) -> pd.DataFrame:
@@ -171,13 +192,14 @@ def seen_codes(directory: Parts, schema: dict[str, Any], slot: str) -> np.ndarra
 
 def iter_batches(
     directory: Parts, schema: dict[str, Any], batch_size: int,
-    modalities: tuple[str, ...] | None = None,
+    modalities: tuple[str, ...] | None = None, rating_mix: float = 0.0,
 ) -> Iterator[tuple[Features, np.ndarray]]:
     """Stream a part batch by batch; never holds more than one parquet batch in memory."""
-    cols = feature_columns(schema, modalities)
+    cols = feature_columns(schema, modalities, rating_mix)
     for f in part_files(directory):
         for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=cols):
-            yield table_to_features(pa.Table.from_batches([batch]), schema, modalities)
+            yield table_to_features(pa.Table.from_batches([batch]), schema, modalities,
+                                    rating_mix)
 
 
 SHUFFLE_BATCHES = 8  # a streamed part shuffles within chunks of this many batches
@@ -215,13 +237,15 @@ def make_dataset(
     shuffle: bool = False,
     seed: int = 0,
     in_memory: bool | None = None,
+    rating_mix: float = 0.0,
 ) -> Any:
     """A ``tf.data.Dataset`` of ``(features, label)`` batches over one ETL part (or several).
 
     ``in_memory=None`` loads parts up to :data:`IN_MEMORY_MAX_ROWS` rows and streams larger ones
     (streamed parts shuffle within chunks of :data:`SHUFFLE_BATCHES` batches; in-memory ones
     over the whole part, a new permutation every epoch). Batches are cut and shuffled as whole
-    arrays, never row by row, so the pipeline stays cheap beside the model.
+    arrays, never row by row, so the pipeline stays cheap beside the model. ``rating_mix`` > 0
+    yields :func:`soft_labels` as targets (for training parts).
     """
     import tensorflow as tf
 
@@ -230,7 +254,7 @@ def make_dataset(
         in_memory = rows <= IN_MEMORY_MAX_ROWS
     rng = np.random.default_rng(seed) if shuffle else None
     if in_memory:
-        feats, labels = read_part(directory, schema, modalities)
+        feats, labels = read_part(directory, schema, modalities, rating_mix)
 
         def batches() -> Iterator[tuple[Features, np.ndarray]]:
             return rebatch(iter([(feats, labels)]), batch_size, rng=rng)
@@ -238,8 +262,8 @@ def make_dataset(
         chunk = SHUFFLE_BATCHES * batch_size if shuffle else batch_size
 
         def batches() -> Iterator[tuple[Features, np.ndarray]]:
-            return rebatch(iter_batches(directory, schema, chunk, modalities), batch_size,
-                           rng=rng)
+            return rebatch(iter_batches(directory, schema, chunk, modalities, rating_mix),
+                           batch_size, rng=rng)
     ds = tf.data.Dataset.from_generator(batches,
                                         output_signature=_signature(schema, modalities))
     n_batches = -(-rows // batch_size)  # rebatch cuts exactly this many

@@ -181,6 +181,7 @@ def train_and_evaluate(
     model_options: dict[str, Any] | None = None,
     unseen_items: str = "zero",
     refit: bool = False,
+    rating_mix: float = 0.0,
 ) -> tuple[Any, dict[str, Any]]:
     """Build, fit and score one model on ``etl_dir``; return ``(model, metrics)``.
 
@@ -190,7 +191,9 @@ def train_and_evaluate(
     validation, test and recommendation time; ``"keep"`` leaves their untrained id vectors.
     ``refit``: once early stopping has chosen the epoch count on the validation part, train a
     fresh model (same seed) on train + valid for that many epochs and score that one; the test
-    part is never looked at before scoring.
+    part is never looked at before scoring. ``rating_mix`` > 0 trains on graded targets that mix
+    the 0/1 label with the scaled star rating (:func:`data.soft_labels`); validation (early
+    stopping) and test keep the 0/1 label.
     """
     if unseen_items not in UNSEEN_POLICIES:
         raise ValueError(f"unseen_items must be one of {UNSEEN_POLICIES}, got {unseen_items!r}")
@@ -204,7 +207,8 @@ def train_and_evaluate(
     spec = {"variant": variant, "schema": schema, "tables": tables, "modalities": mods,
             "fine_tune": fine_tune, "options": options, "lr": lr, "unseen_items": unseen_items}
     model = _new_model(spec, parts["train"])
-    train_ds = data.make_dataset(parts["train"], schema, shuffle=True, seed=seed, **kw)
+    train_ds = data.make_dataset(parts["train"], schema, shuffle=True, seed=seed,
+                                 rating_mix=rating_mix, **kw)
     history = fit(model, train_ds, data.make_dataset(parts["valid"], schema, **kw),
                   epochs=epochs, patience=patience, out_dir=out_dir)
     best_epoch = int(np.argmax(history["val_auc"])) + 1 if history.get("val_auc") else epochs
@@ -212,7 +216,8 @@ def train_and_evaluate(
         set_seed(seed)
         both = [parts["train"], parts["valid"]]
         model = _new_model(spec, both)
-        model.fit(data.make_dataset(both, schema, shuffle=True, seed=seed, **kw),
+        model.fit(data.make_dataset(both, schema, shuffle=True, seed=seed,
+                                    rating_mix=rating_mix, **kw),
                   epochs=best_epoch, verbose=0, shuffle=False)
     test_ds = data.make_dataset(parts["test"], schema, **kw)
     labels = np.concatenate([y.numpy() for _, y in test_ds])
@@ -223,6 +228,7 @@ def train_and_evaluate(
     metrics["batch_size"] = batch_size
     metrics["unseen_items"] = unseen_items
     metrics["refit"] = refit
+    metrics["rating_mix"] = rating_mix
     return model, metrics
 
 
