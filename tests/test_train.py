@@ -196,6 +196,11 @@ def test_ablation_writes_table_and_figure(world: dict[str, Any]) -> None:
     assert (artifacts.path(cfg, "figures") / ablation.FIGURE_NAME).stat().st_size > 1000
     with pytest.raises(ValueError, match="unknown variants"):
         ablation.run(cfg, variants=("+audio",))
+    written = artifacts.path(cfg, "metrics", stage="09").read_bytes()
+    tuned = ablation.run(cfg, seeds=(1,), variants=("+both",), splits=("cold-items",), epochs=1,
+                         batch_size=256, fine_tune=True, write=False)
+    assert set(tuned["variant"]) == {"+both", "popularity"} and set(tuned["setting"]) == {"cold"}
+    assert artifacts.path(cfg, "metrics", stage="09").read_bytes() == written
 
 
 def test_ablation_summary_mean_and_std() -> None:

@@ -42,6 +42,7 @@ def run(
     unseen_items: str = "zero",
     refit: bool = False,
     rating_mix: float = 0.0,
+    write: bool = True,
 ) -> pd.DataFrame:
     """Train every variant x seed on each split; return mean/std per (setting, variant).
 
@@ -49,7 +50,8 @@ def run(
     and ``figures/09-ablation.png``. ``fine_tune=True`` lets the pretrained tables train too;
     ``model_options``, ``unseen_items``, ``refit`` and ``rating_mix`` go to
     :func:`keras_train.train_and_evaluate` (default: the cold-aware model, movies unseen in train
-    as unknown, no refit on train + valid).
+    as unknown, no refit on train + valid). ``write=False`` only returns the summary (e.g. a
+    fine-tuned comparison beside the frozen results already written).
     """
     import keras
 
@@ -82,7 +84,8 @@ def run(
                      "variant": "popularity", "seed": -1, **_popularity(etl_dir, schema)})
     runs = pd.DataFrame(rows)
     summary = summarize(runs)
-    _write(cfg, runs, summary, fine_tune)
+    if write:
+        _write(cfg, runs, summary, fine_tune)
     print(summary.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     summary.attrs["runs"] = runs
     return summary
