@@ -321,7 +321,7 @@ def direct_embedding(tokenizer: object, model: object, ids: list[int]) -> np.nda
 def test_text_stage_real_minilm(tmp_path: Path, minilm: tuple[object, object]) -> None:
     tokenizer, model = minilm
     cfg = text_world(tmp_path)
-    result = text.run(cfg, batch_size=2)
+    result = text.run(cfg, batch_size=2, precision="fp32")
     emb, index, meta = table(cfg, "text")
     assert emb.shape == (6, 384) and emb.dtype == np.float32
     assert index["has_text"].tolist() == [True, True, False, False, False, True]
@@ -331,15 +331,41 @@ def test_text_stage_real_minilm(tmp_path: Path, minilm: tuple[object, object]) -
     ids = tokenizer("A dog learns to surf.")["input_ids"]  # type: ignore[operator]
     ref = direct_embedding(tokenizer, model, ids)
     np.testing.assert_allclose(emb[0], ref / np.linalg.norm(ref), atol=1e-5)
-    assert text.run(cfg, batch_size=2)["status"] == "up to date"
-    assert text.run(cfg, stride=16)["n_computed"] == 3  # chunking changed: recompute
+    assert text.run(cfg, batch_size=2, precision="fp32")["status"] == "up to date"
+    assert text.run(cfg, stride=16, precision="fp32")["n_computed"] == 3  # chunking changed
+
+
+def test_text_bf16_matches_fp32_and_is_recorded(tmp_path: Path) -> None:
+    cfg = text_world(tmp_path)
+    text.run(cfg, precision="fp32")
+    exact = table(cfg, "text")[0]
+    assert text.run(cfg, precision="bf16")["n_computed"] == 3  # another precision: recompute
+    emb, _, meta = table(cfg, "text")
+    assert meta["precision"] == "bf16"
+    present = [0, 1, 5]
+    cosine = (emb[present] * exact[present]).sum(1)  # both unit length
+    assert cosine.min() > 0.999 and not np.array_equal(emb, exact)
+
+
+def test_text_precision_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmlens import capabilities
+
+    for fast, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(capabilities, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        assert text.resolve_precision("auto", "cpu") == expected
+    assert text.resolve_precision("auto", "cuda") == "fp16"
+    assert text.resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="CUDA"):
+        text.resolve_precision("fp16", "cpu")
+    with pytest.raises(ValueError, match="precision"):
+        text.resolve_precision("int8", "cpu")
 
 
 def test_long_text_is_chunked_and_averaged(tmp_path: Path,
                                            minilm: tuple[object, object]) -> None:
     tokenizer, model = minilm
     cfg = text_world(tmp_path)
-    text.run(cfg, max_length=16, stride=4, batch_size=3, normalize=False)
+    text.run(cfg, max_length=16, stride=4, batch_size=3, normalize=False, precision="fp32")
     emb = table(cfg, "text")[0]
     tokens = tokenizer(LONG, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
     assert len(tokens) > 40
@@ -365,7 +391,7 @@ def test_text_encoder_streams_blocks(minilm: tuple[object, object],
                                device="cpu")
     seen: list[str] = []
     real = encoder.chunks
-    monkeypatch.setattr(encoder, "chunks", lambda t: seen.append(t) or real(t))
+    monkeypatch.setattr(encoder, "chunks", lambda t: seen.extend(t) or real(t))
     batches = encoder.encode(np.arange(5))
     assert next(batches).rows.tolist() == [0, 1] and seen == ["One.", "Two."]
     rest = list(batches)
@@ -387,9 +413,9 @@ def test_text_batch_plan_caps_chunks_and_tokens(minilm: tuple[object, object]) -
 
 def test_text_shards_merge(tmp_path: Path) -> None:
     single, sharded = text_world(tmp_path / "one"), text_world(tmp_path / "two")
-    text.run(single)
-    text.run(sharded, shard=(0, 2))
-    text.run(sharded, shard=(1, 2))
+    text.run(single, precision="fp32")
+    text.run(sharded, shard=(0, 2), precision="fp32")
+    text.run(sharded, shard=(1, 2), precision="fp32")
     assert text.run(sharded, merge=True)["status"] == "merged"
     np.testing.assert_allclose(table(single, "text")[0], table(sharded, "text")[0], atol=1e-5)
     pd.testing.assert_frame_equal(same_machine_free(table(single, "text")[1]),
