@@ -65,8 +65,8 @@ def test_frozen_tables_unchanged_while_model_learns(world: dict[str, Any]) -> No
     model = models.build_mlp(schema, tables, emb_dim=8, mlp=(32,))
     before = {m: model.get_layer(f"pretrained_{m}").get_weights()[0].copy() for m in tables}
     user_before = model.get_layer("emb_userId").get_weights()[0].copy()
-    for m in tables:
-        assert before[m].tobytes() == tables[m].tobytes()
+    for m in tables:  # stored with unit rows (normalize=True), the same direction as given
+        np.testing.assert_allclose(before[m], models.unit_rows(tables[m]), rtol=1e-6)
         assert not model.get_layer(f"pretrained_{m}").trainable
     keras_train.compile_model(model, lr=1e-2)
     history = keras_train.fit(model, _ds(world, "train", batch_size=64, shuffle=True),
@@ -345,3 +345,9 @@ def test_rating_mix_grades_training_targets_only(world: dict[str, Any]) -> None:
     _, metrics = keras_train.train_and_evaluate(
         etl_dir, schema, modalities=("text",), epochs=1, seed=1, batch_size=64, rating_mix=0.5)
     assert metrics["rating_mix"] == 0.5 and 0.0 <= metrics["auc"] <= 1.0
+
+
+def test_unit_rows_keeps_directions_and_zero_rows() -> None:
+    table = np.array([[3.0, 4.0], [0.0, 0.0], [0.0, -2.0]])
+    np.testing.assert_allclose(models.unit_rows(table), [[0.6, 0.8], [0.0, 0.0], [0.0, -1.0]])
+    assert models.unit_rows(table).dtype == np.float32

@@ -190,7 +190,7 @@ def _pretrained_features(schema: dict[str, Any], inputs: dict[str, Any],
                                      trainable=trainable, name=pretrained_layer_name(m))
         unique, inverse = UniqueIds(name=f"{m}_unique")(inputs[info["slot"]])
         vec = emb(unique)
-        if normalize:  # scale-free content: raw CNN features are large, sentence vectors unit
+        if normalize and trainable:  # frozen tables are stored with unit rows (_load_tables)
             vec = keras.layers.UnitNormalization(name=f"{m}_unit")(vec)
         content[m] = (vec, inverse)
         if project_dim:
@@ -201,10 +201,20 @@ def _pretrained_features(schema: dict[str, Any], inputs: dict[str, Any],
     return feats, content
 
 
+def unit_rows(table: np.ndarray) -> np.ndarray:
+    """``table`` (float32) with every non-zero row scaled to unit length; zero rows stay zero."""
+    table = np.asarray(table, np.float32)
+    norms = np.linalg.norm(table, axis=1, keepdims=True)
+    return table / np.maximum(norms, 1e-12).astype(np.float32)
+
+
 def _load_tables(model: keras.Model, tables: Mapping[str, np.ndarray],
-                 modalities: Sequence[str], known_items: np.ndarray | None = None) -> None:
+                 modalities: Sequence[str], known_items: np.ndarray | None, *,
+                 unit: bool) -> None:
+    """Pretrained tables into their layers (``unit``: with unit rows), and the known-items mask."""
     for m in modalities:
-        model.get_layer(pretrained_layer_name(m)).set_weights([np.asarray(tables[m], np.float32)])
+        table = unit_rows(tables[m]) if unit else np.asarray(tables[m], np.float32)
+        model.get_layer(pretrained_layer_name(m)).set_weights([table])
     if known_items is not None:
         model.get_layer(GATE_LAYER).set_weights([np.asarray(known_items, np.float32)])
 
@@ -279,7 +289,9 @@ def build_mlp(
 
     ``modalities=()`` gives the content-free model (ids, genres, year); ``None`` uses every table
     in the schema. ``project_dim=None`` concatenates the raw pretrained vectors (HugeCTR's layout);
-    ``normalize`` scales each looked-up content vector to unit length (the table itself is kept).
+    ``normalize`` scales each content vector to unit length: a frozen table is stored with unit
+    rows (the same function, and no per-step normalisation: bench_08), a fine-tuned one is
+    normalised at every lookup.
     ``known_items`` (0/1 per movie code, see :func:`known_mask`), ``item_dropout`` and ``tower``:
     the cold-movie options of the module docstring. ``emb_l2`` is an L2 penalty on the trainable
     embedding tables.
@@ -297,7 +309,7 @@ def build_mlp(
             [keras.layers.Dense(1, name="deep_logit")(x), dot])
         out = keras.layers.Activation("sigmoid", name="prediction")(logit)
     model = keras.Model(inputs=inputs, outputs=out, name=name)
-    _load_tables(model, tables, mods, known_items)
+    _load_tables(model, tables, mods, known_items, unit=normalize and not trainable_tables)
     return model
 
 
@@ -344,7 +356,7 @@ def build_wide_deep(
     logit = keras.layers.Add(name="wide_plus_deep")(terms)
     out = keras.layers.Activation("sigmoid", name="prediction")(logit)
     model = keras.Model(inputs=inputs, outputs=out, name=name)
-    _load_tables(model, tables, mods, known_items)
+    _load_tables(model, tables, mods, known_items, unit=normalize and not trainable_tables)
     return model
 
 
