@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from childproc import run_child
+from childproc import report, run_child
 
 N_RATINGS = 25_000_095
 N_USERS = 162_541
@@ -148,23 +148,23 @@ def child(mode: str, folder: Path) -> None:
         from mmlens.movielens.ratings import csv_pieces, write_ratings
 
         catalog = pacsv.read_csv(folder / "movies.csv")["movieId"].to_numpy()
-        report = TableReport()
+        table_report = TableReport()
         start = time.perf_counter()
         write_ratings(csv_pieces(folder / "ratings.csv")(), catalog,
-                      folder / "out" / "ratings-only.parquet", report)
+                      folder / "out" / "ratings-only.parquet", table_report)
         seconds = time.perf_counter() - start
-        rows = report.rows_kept
+        rows = table_report.rows_kept
     else:
         from mmlens.movielens.convert import convert
 
         files = {p.name: p for p in folder.glob("*.csv")}
         out = {n: folder / "out" / f"{n}.parquet" for n in ("movies", "ratings", "tags")}
         start = time.perf_counter()
-        report = convert("csv", files, out)
+        converted = convert("csv", files, out)
         seconds = time.perf_counter() - start
-        rows = report["ratings"]["rows_kept"]
-        assert report["ratings"]["rows_read"] == N_RATINGS, report
-        assert report["tags"]["rows_kept"] == N_TAGS, report
+        rows = converted["ratings"]["rows_kept"]
+        assert converted["ratings"]["rows_read"] == N_RATINGS, converted
+        assert converted["tags"]["rows_kept"] == N_TAGS, converted
     report(seconds=seconds, rows=rows)
 
 
