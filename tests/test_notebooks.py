@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import nbformat
@@ -50,3 +51,22 @@ def sample_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def test_notebook_executes(nb_path: Path, sample_env: dict[str, str], tmp_path: Path) -> None:
     """Notebooks run in order and share one data dir: each reads what the previous ones wrote."""
     notebooks.execute(nb_path, tmp_path / nb_path.name, sample_env)
+
+
+def test_strip_prefix_makes_output_paths_relative() -> None:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
+        nbformat.v4.new_output("stream", text="wrote /home/me/repo/runs/a.parquet\n"),
+        nbformat.v4.new_output("execute_result", data={
+            "text/plain": "PosixPath('/home/me/repo/data')", "image/png": "/home/me/repo/"}),
+    ])])
+    assert notebooks.strip_prefix(nb, "/home/me/repo/") == 2
+    outputs = nb.cells[0].outputs
+    assert outputs[0].text == "wrote runs/a.parquet\n"
+    assert outputs[1].data["text/plain"] == "PosixPath('data')"
+    assert outputs[1].data["image/png"] == "/home/me/repo/"  # only text outputs are touched
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_outputs_show_no_absolute_run_paths(nb_path: Path) -> None:
+    text = nb_path.read_text(encoding="utf-8")
+    assert re.search(r"/[\w.-]+/[\w./-]*runs/notebooks/data", text) is None

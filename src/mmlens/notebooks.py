@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from mmlens.artifacts import NOTEBOOKS
 
@@ -39,13 +40,35 @@ def _environ(overrides: Mapping[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def strip_prefix(nb: Any, prefix: str) -> int:
+    """Remove ``prefix`` (e.g. this checkout's absolute path plus ``/``) from the text outputs of
+    ``nb``, so committed outputs show repository-relative paths; returns how many were removed."""
+    removed = 0
+
+    def clean(text: str) -> str:
+        nonlocal removed
+        removed += text.count(prefix)
+        return text.replace(prefix, "")
+
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if isinstance(out.get("text"), str):
+                out["text"] = clean(out["text"])
+            for mime, value in out.get("data", {}).items():
+                if mime.startswith("text/") and isinstance(value, str):
+                    out["data"][mime] = clean(value)
+    return removed
+
+
 def execute(
     notebook: Path,
     out_path: Path | None = None,
     env: Mapping[str, str] | None = None,
     timeout: int = 1800,
+    relative_to: Path | None = None,
 ) -> float:
-    """Execute one notebook in its own directory; write the executed copy to ``out_path``.
+    """Execute one notebook in its own directory; write the executed copy to ``out_path``
+    (with ``relative_to``: paths under it shown relative to it, see :func:`strip_prefix`).
 
     Returns the wall time in seconds. Raises ``nbclient.exceptions.CellExecutionError`` (with the
     failing cell and traceback) when a cell fails; the partly executed copy is still written.
@@ -68,6 +91,8 @@ def execute(
             if out_path is not None:
                 out_path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = out_path.with_name(f".tmp-{out_path.name}")
+                if relative_to is not None:
+                    strip_prefix(nb, f"{Path(relative_to).resolve()}/")
                 nbformat.write(nb, tmp)
                 os.replace(tmp, out_path)
     return time.perf_counter() - start
@@ -89,12 +114,14 @@ def sample_env(data_dir: Path, profile: str = "default") -> dict[str, str]:
 def run_all(
     out_dir: Path | None, env: Mapping[str, str], *, in_place: bool = False
 ) -> dict[str, float]:
-    """Execute every notebook in order; executed copies go to ``out_dir`` (or back in place)."""
+    """Execute every notebook in order; executed copies go to ``out_dir``, or back in place with
+    repository-relative paths in their outputs (the committed outputs)."""
     timings: dict[str, float] = {}
     for nb in notebook_paths():
         target = nb if in_place else Path(out_dir or ".") / nb.name
         print(f"executing {nb.name} ...", flush=True)
-        timings[nb.name] = execute(nb, target, env)
+        timings[nb.name] = execute(nb, target, env,
+                                   relative_to=REPO_ROOT if in_place else None)
         print(f"  done in {timings[nb.name]:.1f} s", flush=True)
     return timings
 
