@@ -2,12 +2,16 @@
 
 On 192 poster-like JPEGs of 500x750 (TMDB's w500 size, generated under /tmp and deleted after):
 - pipeline: mmlens' ImageEncoder.encode, the loop of ``image.run`` with its default settings
-  (DataLoader workers decoding and preprocessing, ResNet-50 forward, pooling, batch 32);
-- forward: the model's forward pass and pooling alone on the same posters, decoded beforehand.
+  (DataLoader workers decoding and preprocessing, ResNet-50 forward in the default precision,
+  ``auto``: bf16 weights on a CPU with AMX, else fp32; channels-last; pooling, batch 32);
+- forward: the same model, forward pass and pooling alone on the same posters, decoded
+  beforehand (same dtype and layout);
+- fp32: the pipeline with float32 weights (printed with the lowest cosine between the two).
 
 Timed as forward (first half), pipeline (all), forward (second half) in one process, so machine
 noise hits both sides. ResNet-50 is randomly initialised (weights do not change speed).
-Prints `BENCH 03 image_pipeline_vs_forward <throughput of pipeline / forward>` (target >= 0.85).
+Prints `BENCH 03 image_pipeline_vs_forward <throughput of pipeline / forward>` (target >= 0.85)
+and `BENCH 03 image_precision_vs_fp32 <throughput of pipeline / fp32 pipeline>`.
 """
 
 from __future__ import annotations
@@ -44,13 +48,22 @@ def write_posters(folder: Path, n: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def forward_only(model: ResNetModel, pixels: torch.Tensor) -> float:
-    """Seconds for forward + pooling of pre-decoded ``pixels`` in batches of BATCH."""
+def forward_only(encoder: image.ImageEncoder, pixels: torch.Tensor) -> float:
+    """Seconds for forward + pooling of pre-decoded ``pixels`` in batches of BATCH, with the
+    encoder's model, dtype and layout."""
+    pixels = pixels.to(encoder.dtype).contiguous(memory_format=torch.channels_last)
     start = time.perf_counter()
     with torch.inference_mode():
         for lo in range(0, len(pixels), BATCH):
-            image.pooled(model(pixel_values=pixels[lo:lo + BATCH])).float().numpy()
+            image.pooled(encoder.model(pixel_values=pixels[lo:lo + BATCH])).float().numpy()
     return time.perf_counter() - start
+
+
+def encode_all(encoder: image.ImageEncoder) -> tuple[float, np.ndarray]:
+    """Seconds for the whole pipeline over every poster, and the vectors."""
+    start = time.perf_counter()
+    vectors = np.concatenate([b.vectors for b in encoder.encode(np.arange(N_POSTERS))])
+    return time.perf_counter() - start, vectors
 
 
 def main() -> None:
@@ -61,24 +74,30 @@ def main() -> None:
         prep = image.Preprocessing()
         pixels = torch.from_numpy(np.stack([image.load_poster(p, prep) for p in paths]))
         model = ResNetModel(ResNetConfig()).eval()  # ResNet-50, random init
+        exact_model = ResNetModel(ResNetConfig()).eval()
+        exact_model.load_state_dict(model.state_dict())
         workers = image.default_num_workers("cpu")
-        encoder = image.ImageEncoder(model, paths, prep, batch_size=BATCH, num_workers=workers,
-                                     device="cpu")
-        forward_only(model, pixels[:BATCH])  # warm-up
+        options = {"batch_size": BATCH, "num_workers": workers, "device": "cpu"}
+        encoder = image.ImageEncoder(model, paths, prep, precision="auto", **options)
+        exact = image.ImageEncoder(exact_model, paths, prep, precision="fp32", **options)
+        forward_only(encoder, pixels[:BATCH])  # warm-up
         half = N_POSTERS // 2
-        forward = forward_only(model, pixels[:half])
-        start = time.perf_counter()
-        n = sum(len(batch.rows) for batch in encoder.encode(np.arange(N_POSTERS)))
-        pipeline = time.perf_counter() - start
-        forward += forward_only(model, pixels[half:])
-        assert n == N_POSTERS
+        forward = forward_only(encoder, pixels[:half])
+        pipeline, vectors = encode_all(encoder)
+        forward += forward_only(encoder, pixels[half:])
+        fp32, exact_vectors = encode_all(exact)
+        assert len(vectors) == N_POSTERS
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    cosine = (vectors * exact_vectors).sum(1) / (
+        np.linalg.norm(vectors, axis=1) * np.linalg.norm(exact_vectors, axis=1))
     print(f"{N_POSTERS} posters {SIZE[0]}x{SIZE[1]}, batch {BATCH}, {workers} loader workers, "
-          f"{torch.get_num_threads()} torch threads: pipeline {pipeline:.1f} s "
-          f"({N_POSTERS / pipeline:.2f}/s), forward only {forward:.1f} s "
-          f"({N_POSTERS / forward:.2f}/s)")
+          f"{torch.get_num_threads()} torch threads, precision {encoder.precision}: pipeline "
+          f"{pipeline:.1f} s ({N_POSTERS / pipeline:.2f}/s), forward only {forward:.1f} s "
+          f"({N_POSTERS / forward:.2f}/s), fp32 pipeline {fp32:.1f} s; lowest cosine "
+          f"{encoder.precision} vs fp32 {cosine.min():.5f}")
     print(f"BENCH 03 image_pipeline_vs_forward {forward / pipeline:.3f}")
+    print(f"BENCH 03 image_precision_vs_fp32 {fp32 / pipeline:.3f}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from mmlens import artifacts
 from mmlens.artifacts import MissingArtifactError
 from mmlens.config import Config
 from mmlens.features import image, merge_shards, neighbours, outputs, reduce, text
+from mmlens.features.precision import resolve_precision
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -70,7 +71,8 @@ def image_world(root: Path) -> Config:
 
 
 def run_tiny(cfg: Config, **options: object) -> dict:
-    options = {"model_config": tiny_resnet(), "num_workers": 0, "batch_size": 4, **options}
+    options = {"model_config": tiny_resnet(), "num_workers": 0, "batch_size": 4,
+               "precision": "fp32", **options}
     return image.run(cfg, **options)  # type: ignore[arg-type]
 
 
@@ -239,7 +241,7 @@ def test_local_weights_dir_is_loaded_and_hashed(tmp_path: Path) -> None:
     weights = tmp_path / "weights"
     model.save_pretrained(weights)
     result = image.run(cfg, model_id="tiny-resnet", weights_dir=weights, num_workers=0,
-                       allow_random_init=False)
+                       allow_random_init=False, precision="fp32")
     emb, _, meta = table(cfg, "poster")
     assert result["weights"] == outputs.sha256_file(weights / "model.safetensors")
     assert meta["weights_path"] == str(weights)
@@ -347,18 +349,30 @@ def test_text_bf16_matches_fp32_and_is_recorded(tmp_path: Path) -> None:
     assert cosine.min() > 0.999 and not np.array_equal(emb, exact)
 
 
-def test_text_precision_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precision_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     from mmlens import capabilities
 
     for fast, expected in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(capabilities, "cpu_has_fast_bf16", lambda fast=fast: fast)
-        assert text.resolve_precision("auto", "cpu") == expected
-    assert text.resolve_precision("auto", "cuda") == "fp16"
-    assert text.resolve_precision("bf16", "cpu") == "bf16"
+        assert resolve_precision("auto", "cpu") == expected
+    assert resolve_precision("auto", "cuda") == "fp16"
+    assert resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ValueError, match="CUDA"):
-        text.resolve_precision("fp16", "cpu")
+        resolve_precision("fp16", "cpu")
     with pytest.raises(ValueError, match="precision"):
-        text.resolve_precision("int8", "cpu")
+        resolve_precision("int8", "cpu")
+
+
+def test_poster_bf16_matches_fp32_and_is_recorded(tmp_path: Path) -> None:
+    cfg = image_world(tmp_path)
+    first = run_tiny(cfg)
+    exact = table(cfg, "poster")[0]
+    assert run_tiny(cfg, precision="bf16")["n_computed"] == first["n_computed"]  # recomputed
+    emb, index, meta = table(cfg, "poster")
+    assert meta["precision"] == "bf16" and not np.array_equal(emb, exact)
+    a, b = emb[index["has_poster"].to_numpy()], exact[index["has_poster"].to_numpy()]
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert len(a) == 5 and cosine.min() > 0.99
 
 
 def test_long_text_is_chunked_and_averaged(tmp_path: Path,

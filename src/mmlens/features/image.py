@@ -26,6 +26,7 @@ from mmlens import artifacts
 from mmlens.config import Config
 from mmlens.features import outputs
 from mmlens.features.outputs import Batch
+from mmlens.features.precision import resolve_precision, torch_dtype
 
 DEFAULT_MODEL_ID = "microsoft/resnet-50"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -235,15 +236,22 @@ class ImageEncoder:
     """An image model bound to the catalog's poster paths (see :class:`outputs.Encoder`)."""
 
     def __init__(self, model: Any, paths: list[Path], prep: Preprocessing, *, batch_size: int,
-                 num_workers: int, device: str) -> None:
-        self.model = model.to(device)
+                 num_workers: int, device: str, precision: str = "fp32") -> None:
+        import torch
+
+        self.precision = resolve_precision(precision, device)
+        self.dtype = torch_dtype(self.precision)
+        # channels-last: the layout oneDNN's and cuDNN's fastest convolutions use
+        self.model = model.to(device=device, dtype=self.dtype,
+                              memory_format=torch.channels_last).eval()
         self.paths = paths
         self.prep = prep
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.device = device
         self.dim = model_dim(model.config)
-        self.info = {"device": device, "batch_size": batch_size, "num_workers": num_workers}
+        self.info = {"device": device, "batch_size": batch_size, "num_workers": num_workers,
+                     "precision": self.precision}
 
     def encode(self, rows: np.ndarray) -> Iterator[Batch]:
         import torch
@@ -253,12 +261,10 @@ class ImageEncoder:
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False,  # type: ignore[arg-type]
                             num_workers=self.num_workers, pin_memory=self.device == "cuda")
         cuda = self.device == "cuda"
-        autocast = (torch.autocast("cuda", dtype=torch.float16) if cuda
-                    else contextlib.nullcontext())
         with torch.inference_mode():
             for batch_rows, pixels, errors in loader:
-                with autocast:
-                    out = self.model(pixel_values=pixels.to(self.device, non_blocking=cuda))
+                pixels = pixels.to(self.device, self.dtype, non_blocking=cuda)
+                out = self.model(pixel_values=pixels.contiguous(memory_format=torch.channels_last))
                 vectors = pooled(out).float().cpu().numpy()
                 yield Batch(batch_rows.numpy(), vectors, [e or None for e in errors])
 
@@ -269,8 +275,9 @@ class ImageEncoder:
 def default_num_workers(device: str) -> int:
     """DataLoader worker processes that decode and preprocess posters.
 
-    On CPU, 2 (or 1 on a 1-core machine): decoding a 500x750 JPEG costs about 3% of a ResNet-50
-    forward there, and 0, 1 or 2 workers all hide it on 2 cores (``bench_03_image_pipeline``).
+    On CPU, 2 (or 1 on a 1-core machine): decoding a 500x750 JPEG costs about 3% of a float32
+    ResNet-50 forward there; with bf16 weights on AMX (2-3x faster) 2 workers still keep the
+    pipeline at 0.87-1.08x the forward pass alone on 2 cores (``bench_03_image_pipeline``).
     On CUDA the forward pass is far faster than decoding, so up to 8 workers, one core left free.
     """
     cores = os.cpu_count() or 1
@@ -304,14 +311,15 @@ def poster_inputs(cfg: Config, movie_ids: np.ndarray) -> tuple[list[Path], list[
 def run(cfg: Config, *, model_id: str = DEFAULT_MODEL_ID, weights_dir: str | Path | None = None,
         batch_size: int = 32, num_workers: int | None = None, allow_random_init: bool = True,
         shard: tuple[int, int] | str | None = None, resize: int = 256, crop: int = 224,
-        model_config: Any = None, pca_dim: int | None = None, merge: bool = False
-        ) -> dict[str, Any]:
+        model_config: Any = None, pca_dim: int | None = None, merge: bool = False,
+        precision: str = "auto") -> dict[str, Any]:
     """Embed every catalog poster; writes the ``embeddings/embedding_index/embedding_meta``
     artifacts of modality ``poster`` (or one shard of them with ``shard=(i, n)``).
 
     ``pca_dim`` additionally writes a PCA-reduced copy (artifact ``embeddings_pca``);
-    ``merge=True`` only joins earlier shard runs (:func:`outputs.merge_shards`). Returns a
-    summary dict (status ``computed``, ``up to date`` or ``merged``, counts, paths).
+    ``merge=True`` only joins earlier shard runs (:func:`outputs.merge_shards`). ``precision``
+    is the encoder's number format (:func:`~mmlens.features.precision.resolve_precision`).
+    Returns a summary dict (status ``computed``, ``up to date`` or ``merged``, counts, paths).
     """
     if merge:  # after every shard=(i, n) run: join them into the final table
         return outputs.merge_shards(cfg, "poster")
@@ -322,16 +330,18 @@ def run(cfg: Config, *, model_id: str = DEFAULT_MODEL_ID, weights_dir: str | Pat
     paths, hashes, stats = poster_inputs(cfg, movie_ids)
     source = resolve_model(model_id, weights_dir, allow_random_init=allow_random_init,
                            seed=cfg.seed, model_config=model_config)
+    device = cfg.resolved_device()
+    resolved = resolve_precision(precision, device)
     settings = {"model_id": model_id, **source.settings, "preprocessing": prep.as_dict(),
+                "precision": resolved,
                 "pooling": "pooler_output flattened (global average pool)", "normalized": False}
 
     def open_encoder() -> ImageEncoder:
         if source.is_random:
             _warn_random(model_id)
-        device = cfg.resolved_device()
         workers = default_num_workers(device) if num_workers is None else int(num_workers)
         return ImageEncoder(source.load(), paths, prep, batch_size=batch_size,
-                            num_workers=workers, device=device)
+                            num_workers=workers, device=device, precision=resolved)
 
     extra = {"weights_path": str(source.weights_path) if source.weights_path else None}
     result = outputs.build_table(cfg, "poster", movie_ids=movie_ids, item_hashes=hashes,

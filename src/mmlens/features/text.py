@@ -25,29 +25,12 @@ from mmlens import artifacts
 from mmlens.config import Config
 from mmlens.features import outputs
 from mmlens.features.outputs import Batch
+from mmlens.features.precision import resolve_precision, torch_dtype
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
                    "special_tokens_map.json")
 TEXTS_PER_BLOCK = 1024
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """The weight dtype the encoder runs in: ``auto`` is fp16 on CUDA, bf16 on a CPU with hardware
-    bf16 matrix units (AMX; measured ~2x the float32 throughput, cosine to the float32 vectors
-    > 0.9999, bench_04_text_batching), else fp32."""
-    from mmlens.capabilities import cpu_has_fast_bf16
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "auto":
-        if device == "cuda":
-            return "fp16"
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
-    if precision == "fp16" and device != "cuda":
-        raise ValueError("fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
-    return precision
 
 
 def default_model_dir() -> Path:
@@ -129,17 +112,14 @@ class TextEncoder:
     def __init__(self, model: Any, tokenizer: Any, texts: Sequence[str | None], *,
                  max_length: int, stride: int, batch_size: int, normalize: bool,
                  device: str, precision: str = "fp32") -> None:
-        import torch
-
         self.prefix, self.suffix = special_tokens(tokenizer)
         self.n_special = len(self.prefix) + len(self.suffix)
         if max_length <= self.n_special:
             raise ValueError(f"max_length {max_length} leaves no room for text tokens")
         self.window = max_length - self.n_special
         chunk_spans(self.window + 1, self.window, stride)  # validates stride
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
         self.precision = resolve_precision(precision, device)
-        self.model = model.to(device=device, dtype=dtype[self.precision]).eval()
+        self.model = model.to(device=device, dtype=torch_dtype(self.precision)).eval()
         self.tokenizer = tokenizer
         self.texts = texts
         self.stride = stride
@@ -309,7 +289,7 @@ def run(cfg: Config, *, model_id: str | None = None, batch_size: int = 64,
     ``max_length`` defaults to the model's window, ``stride`` (overlap of long-text chunks) to a
     quarter of it. ``pca_dim`` also writes a PCA-reduced copy (artifact ``embeddings_pca``);
     ``merge=True`` only joins earlier shard runs (:func:`outputs.merge_shards`). ``precision``
-    (:func:`resolve_precision`) is recorded: vectors of another precision are recomputed.
+    is the encoder's number format (:func:`~mmlens.features.precision.resolve_precision`).
     """
     from transformers import AutoConfig, AutoTokenizer
 
@@ -326,9 +306,9 @@ def run(cfg: Config, *, model_id: str | None = None, batch_size: int = 64,
     length = int(max_length or default_max_length(model_dir, tokenizer, model_config))
     overlap = length // 4 if stride is None else int(stride)
     device = cfg.resolved_device()
-    dtype = resolve_precision(precision, device)
+    resolved = resolve_precision(precision, device)
     settings = {"model_id": name, **_model_hashes(model_dir), "max_length": length,
-                "text_source": text_source, "precision": dtype,
+                "text_source": text_source, "precision": resolved,
                 "stride": overlap, "normalized": bool(normalize),
                 "preprocessing": "strip; no truncation: overlapping token windows",
                 "pooling": "mean over attention mask per window; mean over windows"
@@ -340,7 +320,7 @@ def run(cfg: Config, *, model_id: str | None = None, batch_size: int = 64,
         model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
         return TextEncoder(model, tokenizer, texts, max_length=length, stride=overlap,
                            batch_size=batch_size, normalize=normalize, device=device,
-                           precision=dtype)
+                           precision=resolved)
 
     result = outputs.build_table(cfg, "text", movie_ids=movie_ids, item_hashes=hashes,
                                  settings=settings, open_encoder=open_encoder, shard=shard,
