@@ -203,6 +203,7 @@ def iter_batches(
 
 
 SHUFFLE_BATCHES = 8  # a streamed part shuffles within chunks of this many batches
+GROUP_BATCHES = 8  # batches the Python generator hands to tf.data at once (cut there, in C++)
 
 
 def _take(feats: Features, labels: np.ndarray, rows: Any) -> tuple[Features, np.ndarray]:
@@ -243,8 +244,9 @@ def make_dataset(
 
     ``in_memory=None`` loads parts up to :data:`IN_MEMORY_MAX_ROWS` rows and streams larger ones
     (streamed parts shuffle within chunks of :data:`SHUFFLE_BATCHES` batches; in-memory ones
-    over the whole part, a new permutation every epoch). Batches are cut and shuffled as whole
-    arrays, never row by row, so the pipeline stays cheap beside the model. ``rating_mix`` > 0
+    over the whole part, a new permutation every epoch). Rows are shuffled as whole arrays, never
+    row by row, and the generator yields :data:`GROUP_BATCHES` batches at a time that
+    ``Dataset.rebatch`` cuts, so the Python side stays cheap beside the model. ``rating_mix`` > 0
     yields :func:`soft_labels` as targets (for training parts).
     """
     import tensorflow as tf
@@ -253,20 +255,22 @@ def make_dataset(
     if in_memory is None:
         in_memory = rows <= IN_MEMORY_MAX_ROWS
     rng = np.random.default_rng(seed) if shuffle else None
+    group = GROUP_BATCHES * batch_size  # the same rows in the same order as batch by batch
     if in_memory:
         feats, labels = read_part(directory, schema, modalities, rating_mix)
 
         def batches() -> Iterator[tuple[Features, np.ndarray]]:
-            return rebatch(iter([(feats, labels)]), batch_size, rng=rng)
+            return rebatch(iter([(feats, labels)]), group, rng=rng)
     else:
-        chunk = SHUFFLE_BATCHES * batch_size if shuffle else batch_size
+        chunk = SHUFFLE_BATCHES * batch_size
 
         def batches() -> Iterator[tuple[Features, np.ndarray]]:
             return rebatch(iter_batches(directory, schema, chunk, modalities, rating_mix),
-                           batch_size, rng=rng)
+                           group, rng=rng)
     ds = tf.data.Dataset.from_generator(batches,
                                         output_signature=_signature(schema, modalities))
-    n_batches = -(-rows // batch_size)  # rebatch cuts exactly this many
+    ds = ds.rebatch(batch_size)
+    n_batches = -(-rows // batch_size)  # the groups are cut into exactly this many
     return ds.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(tf.data.AUTOTUNE)
 
 
