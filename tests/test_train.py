@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from etl_fixture import make_etl, raw_id  # noqa: E402
 
 keras = pytest.importorskip("keras")
-from mmlens.train import ablation, keras_train, models  # noqa: E402
+from mmlens.train import ablation, evaluate, keras_train, models  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +193,9 @@ def test_ablation_writes_table_and_figure(world: dict[str, Any]) -> None:
     saved = json.loads(artifacts.path(cfg, "metrics", stage="09").read_text())
     assert saved["cold"]["+both"]["auc_mean"] == pytest.approx(
         runs.loc[(runs["setting"] == "cold") & (runs["variant"] == "+both"), "auc"].iloc[0])
+    # one seed: the "ensemble" is that model, scored again on the same rows
+    assert saved["cold"]["+both"]["ens_auc"] == pytest.approx(saved["cold"]["+both"]["auc_mean"])
+    assert summary.set_index(["setting", "variant"])["ens_auc"].isna().sum() == 2  # popularity
     assert (artifacts.path(cfg, "figures") / ablation.FIGURE_NAME).stat().st_size > 1000
     with pytest.raises(ValueError, match="unknown variants"):
         ablation.run(cfg, variants=("+audio",))
@@ -201,6 +204,21 @@ def test_ablation_writes_table_and_figure(world: dict[str, Any]) -> None:
                          batch_size=256, fine_tune=True, write=False)
     assert set(tuned["variant"]) == {"+both", "popularity"} and set(tuned["setting"]) == {"cold"}
     assert artifacts.path(cfg, "metrics", stage="09").read_bytes() == written
+
+
+def test_seed_ensemble_averages_probabilities() -> None:
+    labels = np.array([0, 0, 1, 1], np.float32)
+    # each model alone mis-ranks one pair; their mean ranks every pair right
+    a, b = np.array([0.1, 0.6, 0.5, 0.9]), np.array([0.5, 0.1, 0.9, 0.4])
+    assert ablation.seed_ensemble(labels, [a])["auc"] == pytest.approx(0.75)
+    both = ablation.seed_ensemble(labels, [a, b])
+    assert both["auc"] == pytest.approx(1.0)
+    assert both["logloss"] == pytest.approx(evaluate.logloss(labels, (a + b) / 2))
+    with pytest.raises(ValueError, match="no model scores"):
+        ablation.seed_ensemble(labels, [])
+    summary = pd.DataFrame({"setting": ["warm", "warm"], "variant": ["+text", "popularity"]})
+    out = ablation.with_ensembles(summary, {("warm", "+text"): both})
+    assert out["ens_auc"].iloc[0] == 1.0 and np.isnan(out["ens_auc"].iloc[1])
 
 
 def test_ablation_summary_mean_and_std() -> None:

@@ -2,7 +2,8 @@
 
 Every variant is the same MLP; only the content tables differ. ``id-only`` means no pretrained
 content (user, movie, genres and year embeddings only). Each variant trains once per seed; the
-table reports mean and standard deviation of test AUC and logloss, beside the popularity baseline.
+table reports mean and standard deviation of test AUC and logloss, beside the popularity baseline,
+and the seed ensemble: the same seeds' models averaged (mean predicted probability), scored once.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -44,7 +46,8 @@ def run(
     rating_mix: float = 0.0,
     write: bool = True,
 ) -> pd.DataFrame:
-    """Train every variant x seed on each split; return mean/std per (setting, variant).
+    """Train every variant x seed on each split; return mean/std per (setting, variant) and
+    the seed ensemble's ``ens_auc`` / ``ens_logloss`` (:func:`seed_ensemble`).
 
     Writes ``metrics/09.json`` (summary and runs), ``metrics/09-ablation.csv`` (one row per run)
     and ``figures/09-ablation.png``. ``fine_tune=True`` lets the pretrained tables train too;
@@ -64,6 +67,8 @@ def run(
         raise ValueError("give at least one seed")
     loaded = {split: data.require_split(cfg, split) for split in splits}
     rows: list[dict[str, Any]] = []
+    scores: dict[tuple[str, str], list[np.ndarray]] = {}
+    labels: dict[str, np.ndarray] = {}
     jobs = [(s, v, seed) for s in splits for v in variants for seed in seeds]
     for split, variant, seed in tqdm(jobs, desc="09 ablation", unit="run"):
         etl_dir, schema = loaded[split]
@@ -71,11 +76,14 @@ def run(
         if missing:
             raise ValueError(f"variant {variant!r} needs {missing}, absent from etl/{split}")
         keras.backend.clear_session()
-        _, metrics = keras_train.train_and_evaluate(
+        model, metrics = keras_train.train_and_evaluate(
             etl_dir, schema, modalities=VARIANTS[variant], epochs=epochs, seed=seed,
             batch_size=batch_size, lr=lr, patience=patience, fine_tune=fine_tune,
             model_options=model_options, unseen_items=unseen_items, refit=refit,
             rating_mix=rating_mix)
+        labels[split], probs = keras_train.score_part(model, etl_dir, schema, "test",
+                                                      VARIANTS[variant], metrics["batch_size"])
+        scores.setdefault((split, variant), []).append(probs)
         rows.append({"split": split, "setting": SETTINGS.get(split, split), "variant": variant,
                      "seed": seed, "auc": metrics["auc"], "logloss": metrics["logloss"],
                      "val_auc": metrics["best_val_auc"], "epochs_run": metrics["epochs_run"]})
@@ -83,7 +91,9 @@ def run(
         rows.append({"split": split, "setting": SETTINGS.get(split, split),
                      "variant": "popularity", "seed": -1, **_popularity(etl_dir, schema)})
     runs = pd.DataFrame(rows)
-    summary = summarize(runs)
+    summary = with_ensembles(summarize(runs), {
+        (SETTINGS.get(split, split), variant): seed_ensemble(labels[split], probs)
+        for (split, variant), probs in scores.items()})
     if write:
         _write(cfg, runs, summary, fine_tune)
     print(summary.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
@@ -97,6 +107,23 @@ def _popularity(etl_dir: Any, schema: dict[str, Any]) -> dict[str, float]:
     test = data.read_frame(data.part_dir(etl_dir, schema, "test"), cols)
     m = evaluate.popularity_baseline(train, test, label_col=schema["label"])
     return {"auc": m["auc"], "logloss": m["logloss"], "epochs_run": 0}
+
+
+def seed_ensemble(labels: np.ndarray, scores: Sequence[np.ndarray]) -> dict[str, float]:
+    """AUC and logloss of the mean predicted probability of several models on the same rows."""
+    if not scores:
+        raise ValueError("no model scores to average")
+    return evaluate.pointwise_metrics(labels, np.mean(np.stack(scores), axis=0))
+
+
+def with_ensembles(summary: pd.DataFrame,
+                   ensembles: dict[tuple[str, str], dict[str, float]]) -> pd.DataFrame:
+    """``summary`` plus ``ens_auc`` / ``ens_logloss`` per (setting, variant); NaN without one."""
+    out = summary.copy()
+    keys = list(zip(out["setting"], out["variant"], strict=True))
+    for col in ("auc", "logloss"):
+        out[f"ens_{col}"] = [ensembles[k][col] if k in ensembles else np.nan for k in keys]
+    return out
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
@@ -119,7 +146,8 @@ def _write(cfg: Config, runs: pd.DataFrame, summary: pd.DataFrame, fine_tune: bo
     nested: dict[str, Any] = {"fine_tune": fine_tune}
     for rec in summary.to_dict("records"):
         nested.setdefault(rec["setting"], {})[rec["variant"]] = {
-            k: rec[k] for k in ("auc_mean", "auc_std", "logloss_mean", "logloss_std", "n_seeds")}
+            k: rec[k] for k in ("auc_mean", "auc_std", "logloss_mean", "logloss_std", "n_seeds",
+                                "ens_auc", "ens_logloss") if k in rec}
     nested["runs"] = [evaluate.clean(r) for r in runs.to_dict("records")]
     artifacts.write_json(artifacts.path(cfg, "metrics", stage="09"),
                          {k: evaluate.clean(v) if isinstance(v, dict) else v
@@ -135,8 +163,6 @@ def figure_size(summary: pd.DataFrame) -> tuple[float, float]:
 def plot(summary: pd.DataFrame, fig: Any = None) -> Any:
     """Grouped bar chart of mean test AUC (error bars: std over seeds) per variant and setting,
     drawn on ``fig`` (a new pyplot-free Figure when None)."""
-    import numpy as np
-
     if fig is None:
         from matplotlib.figure import Figure
 

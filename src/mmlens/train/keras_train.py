@@ -136,6 +136,15 @@ def predict(model: Any, ds: Any) -> np.ndarray:
     return np.asarray(model.predict(ds.map(lambda x, y: x), verbose=0), np.float64).ravel()
 
 
+def score_part(model: Any, etl_dir: Path, schema: dict[str, Any], part: str,
+               modalities: Sequence[str], batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """``(0/1 labels, predicted probabilities)`` of every row of one ETL part, in file order."""
+    ds = data.make_dataset(data.part_dir(etl_dir, schema, part), schema, batch_size=batch_size,
+                           modalities=tuple(modalities))
+    labels = np.concatenate([y.numpy() for _, y in ds])
+    return labels, predict(model, ds)
+
+
 def predict_features(model: Any, feats: data.Features, batch_size: int = 4096) -> np.ndarray:
     """Probabilities for in-memory features."""
     names = {t.name.split(":")[0] for t in model.inputs} if model.inputs else set(feats)
@@ -219,9 +228,8 @@ def train_and_evaluate(
         model.fit(data.make_dataset(both, schema, shuffle=True, seed=seed,
                                     rating_mix=rating_mix, **kw),
                   epochs=best_epoch, verbose=0, shuffle=False)
-    test_ds = data.make_dataset(parts["test"], schema, **kw)
-    labels = np.concatenate([y.numpy() for _, y in test_ds])
-    metrics = evaluate.pointwise_metrics(labels, predict(model, test_ds))
+    metrics = evaluate.pointwise_metrics(*score_part(model, etl_dir, schema, "test", mods,
+                                                     batch_size))
     metrics["epochs_run"] = len(history.get("loss", []))
     metrics["best_epoch"] = best_epoch
     metrics["best_val_auc"] = max(history.get("val_auc", [float("nan")]))
