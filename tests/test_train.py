@@ -103,12 +103,14 @@ def test_wide_deep_roundtrips_through_keras_file(world: dict[str, Any], tmp_path
     assert ((p1 > 0) & (p1 < 1)).all()
 
 
-def test_unknown_modality_and_variant_raise(world: dict[str, Any]) -> None:
+def test_unknown_modality_variant_and_option_raise(world: dict[str, Any]) -> None:
     schema, tables = world["schemas"]["random"], world["tables"]["random"]
     with pytest.raises(ValueError, match="audio"):
         models.build_mlp(schema, tables, modalities=("audio",))
     with pytest.raises(ValueError, match="variant"):
         models.build("transformer", schema, tables)
+    with pytest.raises(TypeError, match="emb_size"):  # a misspelt option is not ignored
+        models.build_wide_deep(schema, tables, emb_size=4)
 
 
 def test_run_keras_writes_model_history_and_metrics(world: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ Cold movies (options, all off by default so that the plain MLP stays HugeCTR's a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -247,98 +248,79 @@ def _tower(trainable: dict[str, Any], content: dict[str, Any], emb_dim: int) -> 
     return keras.layers.Dot(axes=1, name="tower_dot")([trainable[USER_SLOT], item])
 
 
-def _deep(schema: dict[str, Any], tables: Mapping[str, np.ndarray], mods: tuple[str, ...], *,
-          emb_dim: int, mlp: Sequence[int], trainable_tables: bool, project_dim: int | None,
-          has_flags: bool, dropout: float, normalize: bool, item_dropout: float,
-          known_items: np.ndarray | None, tower: bool,
-          emb_l2: float) -> tuple[dict[str, Any], Any, Any, Any]:
-    """Inputs, the deep MLP output, the tower logit (or None) and the item keep factor."""
-    inputs = make_inputs(schema, mods)
-    gate = _item_gate(schema, known_items, item_dropout)
-    keep = gate(inputs[ITEM_SLOT]) if gate is not None else None
-    pretrained_slots = {info["slot"] for info in schema["pretrained"].values()}
-    trainable = _trainable_features(schema, inputs, emb_dim, pretrained_slots, keep, emb_l2)
-    content_feats, content = _pretrained_features(
-        schema, inputs, tables, mods, trainable=trainable_tables, project_dim=project_dim,
-        has_flags=has_flags, normalize=normalize)
-    feats = [*trainable.values(), *content_feats]
-    x = keras.layers.Concatenate(name="concat")(feats) if len(feats) > 1 else feats[0]
-    dot = _tower(trainable, content, emb_dim) if tower else None
-    return inputs, _mlp(x, mlp, dropout, "deep"), dot, keep
-
-
-def build_mlp(
-    schema: dict[str, Any],
-    tables: Mapping[str, np.ndarray],
-    *,
-    modalities: Sequence[str] | None = None,
-    emb_dim: int = 32,
-    mlp: Sequence[int] = (128, 64),
-    trainable_tables: bool = False,
-    project_dim: int | None = 32,
-    has_flags: bool = True,
-    dropout: float = 0.0,
-    normalize: bool = True,
-    item_dropout: float = 0.0,
-    known_items: np.ndarray | None = None,
-    tower: bool = False,
-    emb_l2: float = 0.0,
-    name: str = "mlp",
-) -> keras.Model:
-    """Embeddings (trainable ids/genres/year, frozen pretrained tables) -> MLP -> sigmoid.
+@dataclass(frozen=True)
+class DeepOptions:
+    """The options both builders share (keywords of :func:`build_mlp` / :func:`build_wide_deep`).
 
     ``modalities=()`` gives the content-free model (ids, genres, year); ``None`` uses every table
     in the schema. ``project_dim=None`` concatenates the raw pretrained vectors (HugeCTR's layout);
     ``normalize`` scales each content vector to unit length: a frozen table is stored with unit
     rows (the same function, and no per-step normalisation: bench_08), a fine-tuned one is
-    normalised at every lookup.
+    normalised at every lookup. ``trainable_tables`` fine-tunes the pretrained tables.
     ``known_items`` (0/1 per movie code, see :func:`known_mask`), ``item_dropout`` and ``tower``:
     the cold-movie options of the module docstring. ``emb_l2`` is an L2 penalty on the trainable
     embedding tables.
     """
-    mods = _check(schema, tables, modalities)
-    inputs, x, dot, _ = _deep(schema, tables, mods, emb_dim=emb_dim, mlp=mlp,
-                              trainable_tables=trainable_tables, project_dim=project_dim,
-                              has_flags=has_flags, dropout=dropout, normalize=normalize,
-                              item_dropout=item_dropout, known_items=known_items, tower=tower,
-                              emb_l2=emb_l2)
-    if dot is None:
-        out = keras.layers.Dense(1, activation="sigmoid", name="prediction")(x)
-    else:
-        logit = keras.layers.Add(name="deep_plus_tower")(
-            [keras.layers.Dense(1, name="deep_logit")(x), dot])
-        out = keras.layers.Activation("sigmoid", name="prediction")(logit)
+
+    modalities: Sequence[str] | None = None
+    emb_dim: int = 32
+    mlp: Sequence[int] = (128, 64)
+    trainable_tables: bool = False
+    project_dim: int | None = 32
+    has_flags: bool = True
+    dropout: float = 0.0
+    normalize: bool = True
+    item_dropout: float = 0.0
+    known_items: np.ndarray | None = None
+    tower: bool = False
+    emb_l2: float = 0.0
+
+
+def _deep(schema: dict[str, Any], tables: Mapping[str, np.ndarray], mods: tuple[str, ...],
+          o: DeepOptions) -> tuple[dict[str, Any], Any, Any, Any]:
+    """Inputs, the deep MLP output, the tower logit (or None) and the item keep factor."""
+    inputs = make_inputs(schema, mods)
+    gate = _item_gate(schema, o.known_items, o.item_dropout)
+    keep = gate(inputs[ITEM_SLOT]) if gate is not None else None
+    pretrained_slots = {info["slot"] for info in schema["pretrained"].values()}
+    trainable = _trainable_features(schema, inputs, o.emb_dim, pretrained_slots, keep, o.emb_l2)
+    content_feats, content = _pretrained_features(
+        schema, inputs, tables, mods, trainable=o.trainable_tables, project_dim=o.project_dim,
+        has_flags=o.has_flags, normalize=o.normalize)
+    feats = [*trainable.values(), *content_feats]
+    x = keras.layers.Concatenate(name="concat")(feats) if len(feats) > 1 else feats[0]
+    dot = _tower(trainable, content, o.emb_dim) if o.tower else None
+    return inputs, _mlp(x, o.mlp, o.dropout, "deep"), dot, keep
+
+
+def _finish(inputs: dict[str, Any], terms: list[Any], name: str, tables: Mapping[str, np.ndarray],
+            mods: tuple[str, ...], o: DeepOptions) -> keras.Model:
+    """Sum of the logit ``terms`` -> sigmoid; the model with its tables and mask loaded."""
+    logit = keras.layers.Add(name="logit")(terms) if len(terms) > 1 else terms[0]
+    out = keras.layers.Activation("sigmoid", name="prediction")(logit)
     model = keras.Model(inputs=inputs, outputs=out, name=name)
-    _load_tables(model, tables, mods, known_items, unit=normalize and not trainable_tables)
+    _load_tables(model, tables, mods, o.known_items, unit=o.normalize and not o.trainable_tables)
     return model
 
 
-def build_wide_deep(
-    schema: dict[str, Any],
-    tables: Mapping[str, np.ndarray],
-    *,
-    modalities: Sequence[str] | None = None,
-    emb_dim: int = 32,
-    mlp: Sequence[int] = (128, 64),
-    trainable_tables: bool = False,
-    project_dim: int | None = 32,
-    has_flags: bool = True,
-    dropout: float = 0.0,
-    normalize: bool = True,
-    item_dropout: float = 0.0,
-    known_items: np.ndarray | None = None,
-    tower: bool = False,
-    emb_l2: float = 0.0,
-    name: str = "wide_deep",
-) -> keras.Model:
+def build_mlp(schema: dict[str, Any], tables: Mapping[str, np.ndarray], *, name: str = "mlp",
+              **options: Any) -> keras.Model:
+    """Embeddings (trainable ids/genres/year, frozen pretrained tables) -> MLP -> sigmoid, plus
+    the tower term when asked; ``options`` are the fields of :class:`DeepOptions`."""
+    o = DeepOptions(**options)
+    mods = _check(schema, tables, o.modalities)
+    inputs, x, dot, _ = _deep(schema, tables, mods, o)
+    terms = [keras.layers.Dense(1, name="deep_logit")(x)]
+    return _finish(inputs, terms if dot is None else [*terms, dot], name, tables, mods, o)
+
+
+def build_wide_deep(schema: dict[str, Any], tables: Mapping[str, np.ndarray], *,
+                    name: str = "wide_deep", **options: Any) -> keras.Model:
     """Wide (a linear model over one-hot ids, genres and year) + deep (:func:`build_mlp`'s body);
-    the movie's wide weight is gated like its id vector."""
-    mods = _check(schema, tables, modalities)
-    inputs, x, dot, keep = _deep(schema, tables, mods, emb_dim=emb_dim, mlp=mlp,
-                                 trainable_tables=trainable_tables, project_dim=project_dim,
-                                 has_flags=has_flags, dropout=dropout, normalize=normalize,
-                                 item_dropout=item_dropout, known_items=known_items, tower=tower,
-                                 emb_l2=emb_l2)
+    the movie's wide weight is gated like its id vector. ``options``: :class:`DeepOptions`."""
+    o = DeepOptions(**options)
+    mods = _check(schema, tables, o.modalities)
+    inputs, x, dot, keep = _deep(schema, tables, mods, o)
     terms = [keras.layers.Dense(1, name="deep_logit")(x)]
     pretrained_slots = {info["slot"] for info in schema["pretrained"].values()}
     for slot in schema["slots"]:
@@ -351,13 +333,7 @@ def build_wide_deep(
         if slot["name"] == ITEM_SLOT and keep is not None:
             term = keras.layers.Multiply(name="wide_item_gated")([term, keep])
         terms.append(term)
-    if dot is not None:
-        terms.append(dot)
-    logit = keras.layers.Add(name="wide_plus_deep")(terms)
-    out = keras.layers.Activation("sigmoid", name="prediction")(logit)
-    model = keras.Model(inputs=inputs, outputs=out, name=name)
-    _load_tables(model, tables, mods, known_items, unit=normalize and not trainable_tables)
-    return model
+    return _finish(inputs, terms if dot is None else [*terms, dot], name, tables, mods, o)
 
 
 BUILDERS = {"mlp": build_mlp, "wide_deep": build_wide_deep}
