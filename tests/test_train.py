@@ -130,6 +130,29 @@ def test_run_keras_writes_model_history_and_metrics(world: dict[str, Any]) -> No
     assert len(recs) == 3 and not set(recs["movieId"]) & set(rated)
 
 
+def test_run_keras_ensemble_saves_the_average_of_its_members(world: dict[str, Any]) -> None:
+    from mmlens.train import run_keras
+
+    cfg, split = world["cfg"], "cold-items"
+    etl_dir, schema = world["dirs"][split], world["schemas"][split]
+    out = run_keras(cfg, split=split, variant="wide_deep", epochs=1, batch_size=128,
+                    ranking=False, ensemble=2)
+    assert out["ensemble"] == 2 and [m["auc"] for m in out["members"]] != [out["auc"]] * 2
+    model = keras_train.load_model(artifacts.path(cfg, "keras_dir", split=split,
+                                                  variant="wide_deep") / "model.keras")
+    members = [model.get_layer(f"wide_deep_seed{s}") for s in (cfg.seed, cfg.seed + 1)]
+    feats, labels = data.read_part(data.part_dir(etl_dir, schema, "test"), schema)
+    each = [keras_train.predict_features(m, feats) for m in members]
+    np.testing.assert_allclose(keras_train.predict_features(model, feats),
+                               (each[0] + each[1]) / 2, atol=1e-6)
+    assert evaluate.auc(labels, (each[0] + each[1]) / 2) == pytest.approx(out["auc"], abs=1e-6)
+    assert ablation.seed_ensemble(labels, each)["auc"] == pytest.approx(out["auc"], abs=1e-6)
+    with pytest.raises(ValueError, match="ensemble"):
+        run_keras(cfg, split=split, ensemble=0)
+    with pytest.raises(ValueError, match="distinct names"):
+        models.average([members[0], members[0]])
+
+
 def test_stage_07_falls_back_to_keras(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     from mmlens.train import hugectr_script

@@ -110,7 +110,8 @@ def _popularity(etl_dir: Any, schema: dict[str, Any]) -> dict[str, float]:
 
 
 def seed_ensemble(labels: np.ndarray, scores: Sequence[np.ndarray]) -> dict[str, float]:
-    """AUC and logloss of the mean predicted probability of several models on the same rows."""
+    """AUC and logloss of the mean predicted probability of several models on the same rows
+    (what :func:`models.average` of those models predicts: 08's ``ensemble`` option)."""
     if not scores:
         raise ValueError("no model scores to average")
     return evaluate.pointwise_metrics(labels, np.mean(np.stack(scores), axis=0))

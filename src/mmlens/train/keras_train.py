@@ -214,7 +214,8 @@ def train_and_evaluate(
     kw = {"batch_size": batch_size, "modalities": mods}
     options = dict(DEFAULT_MODEL_OPTIONS if model_options is None else model_options)
     spec = {"variant": variant, "schema": schema, "tables": tables, "modalities": mods,
-            "fine_tune": fine_tune, "options": options, "lr": lr, "unseen_items": unseen_items}
+            "fine_tune": fine_tune, "options": options, "lr": lr, "unseen_items": unseen_items,
+            "name": f"{variant}_seed{seed}"}
     model = _new_model(spec, parts["train"])
     train_ds = data.make_dataset(parts["train"], schema, shuffle=True, seed=seed,
                                  rating_mix=rating_mix, **kw)
@@ -254,7 +255,7 @@ def _new_model(spec: dict[str, Any], train_parts: data.Parts) -> Any:
     with strategy_scope():
         model = models.build(spec["variant"], schema, spec["tables"],
                              modalities=spec["modalities"], trainable_tables=spec["fine_tune"],
-                             **options)
+                             name=spec["name"], **options)
         compile_model(model, spec["lr"])
     return model
 
@@ -272,21 +273,34 @@ def run(
     patience: int = 2,
     fine_tune: bool = False,
     ranking: bool = True,
+    ensemble: int = 1,
 ) -> dict[str, Any]:
     """Notebook 08: train ``variant`` on ``etl/<split>``, evaluate, save; return the metrics.
 
     Writes ``models/keras/<split>/<variant>/`` (model.keras, history.json, curves.png, best
     checkpoint) and merges ``metrics/08.json[split][variant]``. With ``ranking``, adds HR@10 and
     NDCG@10 (99 sampled negatives) and the popularity baseline on the same test rows.
+    ``ensemble`` > 1 trains that many models (seeds ``seed``, ``seed + 1``, ...) and saves and
+    scores their average (:func:`models.average`); ``members`` holds each one's own metrics, and
+    the history, curves and checkpoint are the first member's.
     """
-    from mmlens.train import recommend
+    from mmlens.train import models, recommend
 
+    if ensemble < 1:
+        raise ValueError(f"ensemble must be >= 1, got {ensemble}")
     seed = cfg.seed if seed is None else seed
     etl_dir, schema = data.require_split(cfg, split)
     out_dir = artifacts.path(cfg, "keras_dir", split=split, variant=variant)
-    model, metrics = train_and_evaluate(
-        etl_dir, schema, variant=variant, modalities=modalities, epochs=epochs, seed=seed,
-        batch_size=batch_size, lr=lr, patience=patience, fine_tune=fine_tune, out_dir=out_dir)
+    members = [train_and_evaluate(
+        etl_dir, schema, variant=variant, modalities=modalities, epochs=epochs, seed=seed + i,
+        batch_size=batch_size, lr=lr, patience=patience, fine_tune=fine_tune,
+        out_dir=out_dir if i == 0 else None) for i in range(ensemble)]
+    model, metrics = members[0]
+    if ensemble > 1:
+        model = models.average([m for m, _ in members])
+        metrics = {**evaluate.pointwise_metrics(*score_part(
+            model, etl_dir, schema, "test", modalities, metrics["batch_size"])),
+            "ensemble": ensemble, "members": [evaluate.clean(m) for _, m in members]}
     model_path = save_model(model, out_dir)
     cols = ["userId", "movieId", schema["label"]]
     train = data.read_frame(data.part_dir(etl_dir, schema, "train"), cols)
@@ -301,7 +315,8 @@ def run(
     metrics.update({"modalities": list(modalities), "fine_tune": fine_tune, "seed": seed,
                     "model": str(model_path)})
     evaluate.update_metrics(cfg, "08", (split, variant), metrics)
-    print(f"08 {split}/{variant} {'+'.join(modalities) or 'id-only'}: test AUC "
+    kind = f" ({ensemble}-seed ensemble)" if ensemble > 1 else ""
+    print(f"08 {split}/{variant}{kind} {'+'.join(modalities) or 'id-only'}: test AUC "
           f"{metrics['auc']:.4f}, logloss {metrics['logloss']:.4f} "
           f"(popularity AUC {metrics['popularity']['auc']:.4f}); saved {model_path}")
     return evaluate.clean(metrics)

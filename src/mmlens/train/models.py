@@ -336,6 +336,26 @@ def build_wide_deep(schema: dict[str, Any], tables: Mapping[str, np.ndarray], *,
     return _finish(inputs, terms if dot is None else [*terms, dot], name, tables, mods, o)
 
 
+def average(members: Sequence[keras.Model], name: str = "seed_ensemble") -> keras.Model:
+    """One model whose output is the mean predicted probability of ``members`` (models with the
+    same inputs and distinct names, e.g. one variant trained with several seeds): the ensemble
+    that the ablation's ``ens_auc`` scores, as a model that saves, loads and recommends like one.
+    Each member keeps its own copy of the frozen tables."""
+    if not members:
+        raise ValueError("give at least one model to average")
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise ValueError(f"ensemble members need distinct names, got {names}")
+    specs = {t.name.split(":")[0]: t for t in members[0].inputs}
+    for m in members[1:]:
+        if {t.name.split(":")[0] for t in m.inputs} != set(specs):
+            raise ValueError(f"{m.name} reads other inputs than {members[0].name}")
+    inputs = {k: keras.Input(shape=t.shape[1:], dtype=t.dtype, name=k) for k, t in specs.items()}
+    outputs = [m(inputs) for m in members]
+    out = keras.layers.Average(name="mean_probability")(outputs) if len(outputs) > 1 else outputs[0]
+    return keras.Model(inputs=inputs, outputs=out, name=name)
+
+
 BUILDERS = {"mlp": build_mlp, "wide_deep": build_wide_deep}
 
 
