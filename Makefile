@@ -16,7 +16,13 @@ export TRANSFORMERS_OFFLINE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONWARNINGS := ignore
 
-.PHONY: install demo test lint unit notebooks-test notebooks bench lock clean
+NOTEBOOKS := $(sort $(wildcard [0-9][0-9]-*.ipynb))
+# The notebooks as the series' users test them: nbmake, in order, sample settings from the environment.
+NBMAKE_DATA ?= $(RUNS)/nbmake/data
+NBMAKE_ENV  := MMLENS_DATA_DIR=$(abspath $(NBMAKE_DATA)) MMLENS_DATASET=sample \
+	MMLENS_SAMPLE_PROFILE=small MMLENS_PROTOCOL_SEEDS=1 TQDM_MININTERVAL=5
+
+.PHONY: install demo test lint unit notebooks-test notebooks bench lock clean export
 
 $(STAMP): requirements/cpu.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or pass PYTHON=..."; exit 1; }
@@ -38,10 +44,15 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not notebook" -q
 
 notebooks-test: $(STAMP)
-	$(BIN)/python -m pytest tests -m notebook -q
+	rm -rf $(NBMAKE_DATA)
+	$(NBMAKE_ENV) $(BIN)/python -m pytest --nbmake --nbmake-timeout=1800 -p no:cacheprovider -q $(NOTEBOOKS)
 
 test: lint $(STAMP)
 	$(BIN)/python -m pytest tests -q
+	$(MAKE) --no-print-directory notebooks-test
+
+export: $(STAMP)
+	$(BIN)/python -m mmlens export
 
 notebooks: $(STAMP)
 	$(BIN)/python -m mmlens notebooks --in-place

@@ -5,6 +5,7 @@
     python -m mmlens all                # 01..09 in order
     python -m mmlens demo --out runs/demo   # execute every notebook, print the metrics table
     python -m mmlens serve              # run the sample mirror in the foreground
+    python -m mmlens export [--check]   # notebooks' #@save cells -> src/mmlens/_nb/ (or compare)
 
 Global options (``--data-dir``, ``--dataset``, ``--profile``, ``--seed``, ``--device``) override the
 ``MMLENS_*`` environment variables; ``-o key=value`` passes a keyword option to the stage function
@@ -59,7 +60,8 @@ def parse_option(text: str) -> tuple[str, Any]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmlens", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=[*STAGES, "all", "demo", "notebooks", "world", "serve"])
+    p.add_argument("command", choices=[*STAGES, "all", "demo", "notebooks", "world", "serve",
+                                              "export"])
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--dataset")
     p.add_argument("--profile", dest="sample_profile")
@@ -69,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="stage keyword option key=value (repeatable)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="demo: output directory")
     p.add_argument("--in-place", action="store_true", help="notebooks: refresh committed outputs")
+    p.add_argument("--check", action="store_true", help="export: only report stale exports")
     return p
 
 
@@ -110,6 +113,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(ensure_world(cfg))
     elif args.command == "serve":
         _serve(cfg)
+    elif args.command == "export":
+        return _export(args.check)
+    return 0
+
+
+def _export(check: bool) -> int:
+    from mmlens.export import export
+
+    changed = export(check=check)
+    for p in changed:
+        print(f"{'stale' if check else 'wrote'} {p.relative_to(p.parents[3])}")
+    if check and changed:
+        print("the notebooks' #@save cells and src/mmlens/_nb/ differ: run `make export`",
+              file=sys.stderr)
+        return 1
     return 0
 
 

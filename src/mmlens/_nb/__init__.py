@@ -1,0 +1,1 @@
+"""Code exported from the notebooks' `#@save` cells (see mmlens.export)."""
