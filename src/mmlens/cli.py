@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -135,7 +136,9 @@ def _notebooks(cfg: Config, args: argparse.Namespace) -> int:
     from mmlens import notebooks
 
     if args.in_place:
+        # committed outputs come from a clean data directory: every stage visibly does its work
         data_dir = args.data_dir or Path("runs/notebooks/data")
+        shutil.rmtree(data_dir, ignore_errors=True)
         notebooks.run_all(None, notebooks.sample_env(data_dir, cfg.sample_profile), in_place=True)
         return 0
     out: Path = args.out
