@@ -138,7 +138,8 @@ def _notebooks(cfg: Config, args: argparse.Namespace) -> int:
     if args.in_place:
         # committed outputs come from a clean data directory: every stage visibly does its work
         data_dir = args.data_dir or Path("runs/notebooks/data")
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if args.data_dir is None:  # never delete a directory the user named
+            shutil.rmtree(data_dir, ignore_errors=True)
         notebooks.run_all(None, notebooks.sample_env(data_dir, cfg.sample_profile), in_place=True)
         return 0
     out: Path = args.out
