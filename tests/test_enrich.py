@@ -155,11 +155,11 @@ def test_title_page_json_ld_list_graph_and_image_object() -> None:
     assert info.description == "Graph text."
 
 
-def test_title_page_without_or_with_broken_json_ld_falls_back_to_og() -> None:
+def test_title_page_og_image_alone_is_no_poster_og_description_is_a_plot() -> None:
+    """og:image does not mark the title's poster (pages without one show a still or a logo)."""
     for extra in ("", '<script type="application/ld+json">{"@type": "Movie", </script>'):
         info = parse_title_page(_page(OG + extra))
-        assert info.image == "https://img.example/og.jpg"
-        assert info.description == "From og & meta."
+        assert info == PageInfo(None, "From og & meta.")
 
 
 def test_title_page_with_nothing_and_non_http_image() -> None:
@@ -314,9 +314,9 @@ def test_title_page_json_ld_variants(scripts: str, image: str, description: str)
     'content="{d}">',
     '<link href="https://x.io/o.jpg" rel="image_src"><meta name="description" content="{d}">',
 ])
-def test_title_page_meta_variants(head: str) -> None:
+def test_title_page_meta_tags_give_a_plot_never_a_poster(head: str) -> None:
     info = parse_title_page(_page(head.format(d="A plot told in enough words.")), TT_URL)
-    assert (info.image, info.description) == ("https://x.io/o.jpg", "A plot told in enough words.")
+    assert (info.image, info.description) == (None, "A plot told in enough words.")
 
 
 @pytest.mark.parametrize(("text", "plot"), [
@@ -347,7 +347,7 @@ def test_title_page_placeholders_are_no_poster() -> None:
         'nopicture/film.png"></div><div class="rec_poster"><img src="' + OTHER + '.jpg"></div>')
     assert parse_title_page(page, TT_URL) == PageInfo(None, PLOT)
     no_poster_ld = _ld('{"@type": "Movie", "image": "https://www.imdb.com/images/no-poster.jpg"}')
-    assert parse_title_page(_page(no_poster_ld + OG)).image == "https://img.example/og.jpg"
+    assert parse_title_page(_page(no_poster_ld + OG)).image is None
 
 
 @pytest.mark.parametrize(("url", "full"), [

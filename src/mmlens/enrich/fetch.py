@@ -21,7 +21,7 @@ import requests
 from mmlens.enrich.ratelimit import RateLimiter
 from mmlens.net import RetryPolicy, check_url, make_session, redact_url
 
-DEFAULT_RATE = 4.0  # requests per second per host
+DEFAULT_RATE = 4.0  # requests per second to a host without a published limit
 MAX_REDIRECTS = 5
 MAX_DOCUMENT_BYTES = 10 * 1024 * 1024
 CHUNK = 64 * 1024
@@ -73,18 +73,20 @@ class Fetcher:
     """GET with rate limiting, retries (RetryPolicy), manual redirects and a streamed size cap.
 
     ``rate_limit``: requests per second per host (``math.inf``: no limit); threads share it.
+    ``host_rates``: other rates for some hosts (``netloc`` -> requests per second).
     """
 
     def __init__(self, *, rate_limit: float = DEFAULT_RATE, retry: RetryPolicy | None = None,
                  max_redirects: int = MAX_REDIRECTS, session: requests.Session | None = None,
                  pool_size: int = 16, secrets: Iterable[str] = (),
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 host_rates: Mapping[str, float] | None = None) -> None:
         if max_redirects < 0:
             raise ValueError(f"max_redirects must be >= 0, got {max_redirects}")
         self.retry = retry or RetryPolicy()
         self.max_redirects = max_redirects
         self.session = session or make_session(pool_size=pool_size)
-        self.limiter = RateLimiter(rate_limit, sleep=sleep)
+        self.limiter = RateLimiter(rate_limit, sleep=sleep, host_rates=host_rates)
         self.stats = FetchStats()
         self._sleep = sleep
         self._secrets = [s for s in secrets if s]

@@ -1,16 +1,29 @@
-"""IMDb title pages of every layout since the 2000s: the poster URL and the raw plot text.
+"""IMDb title pages of every layout since the 2000s: the title's own poster and its plot.
 
-Sources, best first; a candidate that is empty, not http(s) or a site placeholder is skipped:
+A wrong poster is worse than none, so only an image that the page marks as *this title's poster*
+is taken, best first:
 
-- poster: JSON-LD (the node describing the title: ``Movie``, ``TVSeries``, ``TVEpisode``,
-  ``VideoGame``, ``CreativeWork``, ...; ``image`` as string, list or ``ImageObject``), ``og:image``,
-  ``twitter:image``, ``<meta itemprop="image">``, ``<link rel="image_src">`` (2000s), the poster
-  ``<img>`` in the page body (``itemprop="image"``, or inside a ``poster`` / ``img_primary`` /
-  ``photo`` block), and last the Next.js ``__NEXT_DATA__`` JSON (``primaryImage.url``, 2020+).
-- plot: JSON-LD ``description`` / ``abstract``, the plot element of the body
-  (``itemprop="description"``, ``data-testid="plot*"``, ``summary_text``, 2000s ``Plot:`` block),
-  the ``og:description`` / ``description`` meta tags without their "Directed by ... With ..."
-  credits, and last ``__NEXT_DATA__`` ``plot.plotText.plainText``.
+- the JSON-LD node describing this title (``Movie``, ``TVSeries``, ``TVEpisode``, ...; not a node
+  that names another title): its ``image`` (string, list or ``ImageObject``), 2017+;
+- the image in the page's poster slot (the first one on the page):
+  ``data-testid="hero-media__poster"`` (2020+), ``<div class="poster">`` (2017-2020),
+  ``id="img_primary"`` (2010-2016), ``<a name="poster">`` (2000s);
+- the Next.js ``__NEXT_DATA__`` node of this title (its ``id`` is the page's ``tt`` id):
+  ``primaryImage.url`` (2020+).
+
+``og:image``, ``twitter:image`` and ``<link rel="image_src">`` are never used: on pages of titles
+without a poster they hold a promotional still or the site's share logo. Site images (placeholders,
+logos: anything on IMDb's image hosts outside ``/images/M/``) are refused wherever they appear.
+
+The plot, best first: JSON-LD ``description`` / ``abstract`` of this title; the plot element of
+the body (``data-testid="plot"``, ``summary_text``, ``itemprop="description"``, the 2010-2011 plain
+paragraph under the rating in ``#overview-top``, the 2000s ``Plot:`` block); the storyline
+(``canwrap``, after ``<h2>Storyline</h2>``, ``storyline-plot-summary``); ``og:description`` /
+``description`` without their "Directed by ... With ..." credits; ``__NEXT_DATA__``
+``plot.plotText.plainText`` of this title. Placeholders ("Add a Plot", "The plot is unknown.") are
+skipped; "See full summary" / "full summary" link texts and author credits are dropped; a plot cut
+short ("...") gives way to any complete one on the page (the storyline holds the full summary) and
+is kept, cut, only when the page has nothing else.
 
 Poster URLs are normalised to the full-size image (:func:`full_size_image_url`).
 """
@@ -28,21 +41,26 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
+from mmlens.enrich.text import is_placeholder_plot
+
 TITLE_TYPES = frozenset({
     "Movie", "TVSeries", "TVEpisode", "TVSeason", "TVMovie", "TVMiniSeries", "TVSpecial", "Episode",
     "VideoGame", "CreativeWork", "CreativeWorkSeries", "MovieSeries", "MusicVideoObject",
 })
 _TT = re.compile(r"/title/(tt\d{7,})")
 _V1 = re.compile(r"\._V1(?:[._,A-Za-z0-9-]*?)(\.[A-Za-z0-9]{2,5})$")
-# IMDb's "no poster" images and site logos; /images/G/ holds site assets, posters live in /images/M/
+# IMDb's "no poster" images and site logos, on any host
 _PLACEHOLDER = re.compile(
     r"nopicture|no[_-]?poster|no[_-]?image|addposter|imdb[_-]?(?:fb[_-]?)?logo|/logos?/|"
-    r"/images/social/|placeholder|spacer\.gif|/images/G/\d+/imdb/", re.IGNORECASE)
-_META_IMAGE_KEYS = ("og:image", "og:image:url", "og:image:secure_url", "twitter:image",
-                    "twitter:image:src", "itemprop:image", "itemprop:thumbnailurl")
+    r"/images/social/|placeholder|spacer\.gif", re.IGNORECASE)
+# IMDb's image hosts keep title media under /images/M/; /images/G/ and /images/S/ are site assets
+_IMDB_IMAGE_HOST = re.compile(r"(?:^|\.)(?:media-amazon|media-imdb|images-amazon|"
+                              r"ssl-images-amazon)\.com$", re.IGNORECASE)
 _META_TEXT_KEYS = ("og:description", "twitter:description", "itemprop:description", "description")
 _PLOT_TESTID = re.compile(r"^plot(?:-[\w-]+)?$")
+_STORYLINE_TESTID = re.compile(r"^storyline-plot-summary$")
 _PLOT_HEADING = re.compile(r"^\s*plot(?: outline| summary)?\s*:?\s*$", re.IGNORECASE)
+_STORYLINE_HEADING = re.compile(r"^\s*storyline\s*:?\s*$", re.IGNORECASE)
 _POSTER_IDS = frozenset({"img_primary", "poster", "primary-poster", "title-overview-poster"})
 _LINK_PHRASE = re.compile(r"^\s*(?:see (?:full )?(?:summary|synopsis|more)|full summary|"
                           r"read (?:all|more)|more|add (?:a )?(?:plot|synopsis)|edit)\s*[»›]?\s*$",
@@ -53,6 +71,7 @@ _NAME = re.compile(r"^[A-Z\u00c0-\u024f][^,]{0,60}$")
 _PREFIXES = frozenset({"dr", "mr", "mrs", "ms", "st", "mt", "ft", "sgt", "lt", "capt"})
 _VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
                    "source", "track", "wbr"})
+_CUT = ("...", "\u2026")  # a plot that ends so was cut short
 
 
 @dataclass
@@ -79,8 +98,12 @@ def full_size_image_url(url: str) -> str:
 
 
 def is_placeholder_image(url: str) -> bool:
-    """Whether ``url`` is a generic image (IMDb logo, "no picture", "add poster"), not a poster."""
-    return bool(_PLACEHOLDER.search(urlsplit(url).path))
+    """Whether ``url`` is a site image (IMDb logo, "no picture", "add poster", a site asset on
+    IMDb's image hosts), not a title's poster."""
+    parts = urlsplit(url)
+    if _IMDB_IMAGE_HOST.search(parts.hostname or "") and not parts.path.startswith("/images/M/"):
+        return True
+    return bool(_PLACEHOLDER.search(parts.path))
 
 
 def decode_page(body: bytes, content_type: str = "") -> str:
@@ -114,7 +137,8 @@ def _header_charset(content_type: str) -> str | None:
 
 
 def parse_title_page(page: str | bytes, page_url: str = "") -> PageInfo:
-    """Poster URL (absolute, full size) and raw plot text of an IMDb title page of any layout."""
+    """This title's poster URL (absolute, full size) and raw plot text from an IMDb title page of
+    any layout; None where the page has no poster or no plot of its own."""
     text = decode_page(page) if isinstance(page, bytes) else page
     parser = _PageParser()
     parser.feed(text)
@@ -124,14 +148,19 @@ def parse_title_page(page: str | bytes, page_url: str = "") -> PageInfo:
            if u and (m := _TT.search(u))}
     ld_image, ld_text = _from_json_ld(parser.json_ld, ids)
     next_image, next_text = _from_next_data(parser.next_data, ids)
-    meta = parser.meta
-    images = [ld_image, *(u for k in _META_IMAGE_KEYS for u in meta.get(k, [])),
-              *parser.link_images, *parser.body_images, next_image]
-    image = next((u for c in images if c and (u := _usable_image(c, base))), None)
-    texts = [ld_text, *parser.body_texts,
-             *(_plot_of_meta(t) for k in _META_TEXT_KEYS for t in meta.get(k, [])), next_text]
-    description = next((t.strip() for t in texts if isinstance(t, str) and t.strip()), None)
-    return PageInfo(image, description)
+    posters = [ld_image, *parser.poster_images, next_image]
+    image = next((u for c in posters if c and (u := _usable_image(c, base))), None)
+    plots = [ld_text, *parser.plots["summary"], *parser.plots["storyline"],
+             *(_plot_of_meta(t) for k in _META_TEXT_KEYS for t in parser.meta.get(k, [])),
+             next_text]
+    return PageInfo(image, _best_plot(plots))
+
+
+def _best_plot(candidates: list[str | None]) -> str | None:
+    """The first complete plot among ``candidates``; a cut one ("...") only when none is."""
+    plots = [t.strip() for t in candidates
+             if isinstance(t, str) and t.strip() and not is_placeholder_plot(t)]
+    return next((t for t in plots if not t.endswith(_CUT)), plots[0] if plots else None)
 
 
 def _usable_image(candidate: str, base: str) -> str | None:
@@ -192,7 +221,7 @@ def _load_json(raw: str) -> Any:
 def _from_json_ld(scripts: list[str], ids: set[str]) -> tuple[str | None, str | None]:
     nodes = [n for raw in scripts for n in _flatten(_load_json(raw))]
     by_id = {n["@id"]: n for n in nodes if isinstance(n.get("@id"), str) and len(n) > 1}
-    titles = [n for n in nodes if _types(n) & TITLE_TYPES]
+    titles = [n for n in nodes if _types(n) & TITLE_TYPES and _identity_rank(n, ids) < 2]
     titles.sort(key=lambda n: _identity_rank(n, ids))  # stable: page order otherwise
     image = next((u for n in titles if (u := _image_url(n.get("image"), by_id))), None)
     text = next((t for n in titles for k in ("description", "abstract")
@@ -247,11 +276,10 @@ def _text(value: Any) -> str | None:
 
 
 def _from_next_data(raw: str | None, ids: set[str]) -> tuple[str | None, str | None]:
-    """``primaryImage.url`` and ``plot.plotText.plainText`` of the title's node in Next.js data
-    (the node whose ``id`` is this page's title, else the shallowest one)."""
+    """``primaryImage.url`` and ``plot.plotText.plainText`` of this title's nodes in Next.js data
+    (those whose ``id`` is the page's ``tt`` id: the page also holds other titles' nodes)."""
     data = _load_json(raw) if raw else None
-    nodes = [n for n in _walk(data) if "primaryImage" in n or "plot" in n]
-    nodes.sort(key=lambda n: 0 if n.get("id") in ids else 1)
+    nodes = [n for n in _walk(data) if n.get("id") in ids and ("primaryImage" in n or "plot" in n)]
     image = next((u for n in nodes if isinstance(p := n.get("primaryImage"), dict)
                   and isinstance(u := p.get("url"), str) and u.strip()), None)
     text = next((t for n in nodes if (t := _dig(n, "plot", "plotText", "plainText"))), None)
@@ -280,33 +308,48 @@ def _dig(node: Any, *keys: str) -> str | None:
 
 
 @dataclass
-class _Capture:
+class _Block:
+    """An open element: its tag and what it marks (the poster slot, #overview-top, the rating)."""
+
     tag: str
+    poster: bool = False
+    overview: bool = False
+    rating: bool = False
+
+
+@dataclass
+class _Capture:
+    """The text of a plot element being read."""
+
+    tag: str
+    kind: str  # "summary" or "storyline"
     depth: int = 1
     parts: list[str] = field(default_factory=list)
     link: list[str] | None = None  # text of the <a> being read, dropped when it is a "more" link
+    credit: int = 0  # depth inside an author credit (<em class="nobr">Written by ...</em>)
+    nested: bool = False  # a plot element inside this one was read: this text repeats it
 
 
 class _PageParser(HTMLParser):
-    """One pass over the page: scripts, meta and link tags, poster images and plot elements."""
+    """One pass over the page: scripts, meta tags, the poster slot's image and plot elements."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.json_ld: list[str] = []
         self.next_data: str | None = None
         self.meta: dict[str, list[str]] = {}
-        self.link_images: list[str] = []
         self.canonical: str | None = None
-        self.body_images: list[str] = []
-        self.body_texts: list[str] = []
+        self.poster_images: list[str] = []
+        self.plots: dict[str, list[str]] = {"summary": [], "storyline": []}
         self._script: list[str] | None = None
         self._script_kind = ""
         self._raw: str | None = None  # inside <script>, <style>...: not page text
-        self._seen_poster = False
-        self._blocks: list[tuple[str, bool]] = []  # open elements: (tag, marks a poster block)
-        self._capture: _Capture | None = None
-        self._heading: list[str] | None = None
-        self._plot_next = False
+        self._slot = "before"  # the page's (first) poster slot: before, open, done
+        self._blocks: list[_Block] = []
+        self._captures: list[_Capture] = []
+        self._heading: tuple[str, list[str]] | None = None
+        self._next = ""  # "plot" after an <h5>Plot:</h5>, "storyline" after <h2>Storyline</h2>
+        self._after_rating = False  # in #overview-top, just after the rating (2010-2011 plot)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k.lower(): (v or "") for k, v in attrs}
@@ -318,25 +361,18 @@ class _PageParser(HTMLParser):
             self._meta(a)
         elif tag == "link":
             rels = a.get("rel", "").lower().split()
-            if "image_src" in rels and a.get("href"):
-                self.link_images.append(a["href"])
             if "canonical" in rels and a.get("href"):
                 self.canonical = a["href"]
-        elif tag == "img":
+        elif tag == "img" and self._slot == "open":
             self._img(a)
-        elif tag == "h5":
-            self._heading = []
-        if self._capture is not None:
-            self._capture_start(tag)
-        elif tag not in _VOID:
-            self._maybe_capture(tag, a)
+        elif tag in ("h2", "h5"):
+            self._heading = (tag, [])
+        if self._captures or tag not in _VOID:
+            self._capture_start(tag, a)
         if tag in ("script", "style", "noscript", "template"):
             self._raw = tag
         if tag not in _VOID:
-            testid = a.get("data-testid", "")
-            marks = ("poster" in a.get("class", "").split() or a.get("id", "") in _POSTER_IDS
-                     or a.get("name") == "poster" or ("hero" in testid and "poster" in testid))
-            self._blocks.append((tag, marks))
+            self._blocks.append(self._block(tag, a))
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in _VOID:  # a self-closed <div/> and the like are empty: nothing to do
@@ -352,13 +388,16 @@ class _PageParser(HTMLParser):
             elif self.next_data is None:
                 self.next_data = body
             self._script = None
-        elif tag == "h5" and self._heading is not None:
-            self._plot_next = bool(_PLOT_HEADING.match("".join(self._heading)))
+        elif self._heading is not None and tag == self._heading[0]:
+            text = "".join(self._heading[1])
+            self._next = ("plot" if tag == "h5" and _PLOT_HEADING.match(text) else
+                          "storyline" if tag == "h2" and _STORYLINE_HEADING.match(text) else "")
             self._heading = None
-        if self._capture is not None:
+        if self._captures:
             self._capture_end(tag)
         for i in range(len(self._blocks) - 1, -1, -1):  # tolerate unclosed children
-            if self._blocks[i][0] == tag:
+            if self._blocks[i].tag == tag:
+                self._close(self._blocks[i:])
                 del self._blocks[i:]
                 break
 
@@ -369,9 +408,8 @@ class _PageParser(HTMLParser):
         if self._raw is not None:
             return
         if self._heading is not None:
-            self._heading.append(data)
-        cap = self._capture
-        if cap is not None:
+            self._heading[1].append(data)
+        if self._captures and not (cap := self._captures[-1]).credit:
             (cap.link if cap.link is not None else cap.parts).append(data)
 
     def _meta(self, a: dict[str, str]) -> None:
@@ -383,32 +421,64 @@ class _PageParser(HTMLParser):
             if key.strip():
                 self.meta.setdefault(key.strip().lower(), []).append(a["content"])
 
+    def _block(self, tag: str, a: dict[str, str]) -> _Block:
+        testid = a.get("data-testid", "")
+        classes = a.get("class", "").split()
+        poster = ("poster" in classes or a.get("id", "") in _POSTER_IDS
+                  or a.get("name") == "poster" or ("hero" in testid and "poster" in testid))
+        if poster and self._slot == "before":
+            self._slot = "open"
+        return _Block(tag, poster=poster, overview=a.get("id") == "overview-top",
+                      rating=any(c.startswith("star-box") for c in classes))
+
+    def _close(self, closed: list[_Block]) -> None:
+        if self._slot == "open" and any(b.poster for b in closed):
+            self._slot = "done"  # only the first slot: later ones show other titles
+        if any(b.overview for b in closed):
+            self._after_rating = False
+        elif any(b.rating for b in closed) and any(b.overview for b in self._blocks):
+            self._after_rating = True
+
     def _img(self, a: dict[str, str]) -> None:
-        in_block = any(marks for _, marks in self._blocks)
-        if self._seen_poster or not (in_block or a.get("itemprop", "").lower() == "image"):
-            return  # only the first: later ones belong to other titles ("more like this")
-        self._seen_poster = True
         srcset = a.get("srcset", "").split(",")[0].split()
         for src in (a.get("src", ""), a.get("loadlate", ""), a.get("data-src", ""),
                     srcset[0] if srcset else ""):
             if src.strip() and not src.strip().lower().startswith("data:"):
-                self.body_images.append(src)
+                self.poster_images.append(src)
+                self._slot = "done"
                 return
 
-    def _maybe_capture(self, tag: str, a: dict[str, str]) -> None:
+    def _plot_kind(self, tag: str, a: dict[str, str]) -> str:
+        """``summary``, ``storyline`` or "" for an element that is not a plot."""
         classes = a.get("class", "").split()
-        plot = (a.get("itemprop", "").lower() == "description"
-                or bool(_PLOT_TESTID.match(a.get("data-testid", "")))
-                or "summary_text" in classes
-                or (self._plot_next and "info-content" in classes))
-        if plot:
-            self._capture = _Capture(tag)
-            self._plot_next = False
+        testid = a.get("data-testid", "")
+        if "canwrap" in classes or _STORYLINE_TESTID.match(testid) or (
+                self._next == "storyline" and tag in ("p", "div")):
+            return "storyline"
+        if (a.get("itemprop", "").lower() == "description" or _PLOT_TESTID.match(testid)
+                or "summary_text" in classes or (self._next == "plot" and "info-content" in classes)
+                or (self._after_rating and tag == "p")):
+            return "summary"
+        return ""
 
-    def _capture_start(self, tag: str) -> None:
-        cap = self._capture
-        assert cap is not None
-        if tag == cap.tag:
+    def _capture_start(self, tag: str, a: dict[str, str]) -> None:
+        cap = self._captures[-1] if self._captures else None
+        if cap is not None and cap.credit:
+            cap.credit += tag not in _VOID
+            return
+        if self._after_rating and (tag == "h4" or "txt-block" in a.get("class", "").split()):
+            self._after_rating = False  # the credits: this layout shows no plot
+        kind = "" if tag in _VOID else self._plot_kind(tag, a)
+        if kind:
+            if cap is not None:
+                cap.nested = True  # e.g. the plot-xs_to_m / plot-l / plot-xl copies of 2020+
+            self._captures.append(_Capture(tag, kind))
+            self._next, self._after_rating = "", False
+        elif cap is None:
+            return
+        elif tag == "em" and "nobr" in a.get("class", "").split():
+            cap.credit = 1
+        elif tag == cap.tag:
             cap.depth += 1
         elif tag == "a":
             cap.link = []
@@ -416,9 +486,10 @@ class _PageParser(HTMLParser):
             cap.parts.append(" ")
 
     def _capture_end(self, tag: str) -> None:
-        cap = self._capture
-        assert cap is not None
-        if tag == "a" and cap.link is not None:
+        cap = self._captures[-1]
+        if cap.credit:
+            cap.credit -= 1
+        elif tag == "a" and cap.link is not None:
             text = "".join(cap.link)
             if not _LINK_PHRASE.match(text):
                 cap.parts.append(text)
@@ -426,8 +497,8 @@ class _PageParser(HTMLParser):
         elif tag == cap.tag:
             cap.depth -= 1
             if cap.depth == 0:
-                self._capture = None
+                self._captures.pop()
                 text = _WRITTEN_BY.sub("", " ".join("".join(cap.parts).split()))
                 text = text.rstrip(" |»›\u00a0")
-                if text:
-                    self.body_texts.append(text)
+                if text and not cap.nested:
+                    self.plots[cap.kind].append(text)

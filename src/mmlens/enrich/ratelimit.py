@@ -14,7 +14,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -33,6 +33,8 @@ class Ticket:
 
 @dataclass
 class _Host:
+    interval: float  # seconds between request starts
+    per_window: int | None  # requests in any 1-second window; None: no limit
     next_start: float = -math.inf
     recent: deque[Ticket] = field(default_factory=deque)  # the last n requests, oldest first
     cleared: float = -math.inf  # latest answer among the older requests
@@ -47,16 +49,19 @@ class RateLimiter:
     ``n`` requests. Callers ``acquire`` a :class:`Ticket` before sending and ``release`` it once
     the response headers, or the failure, are in (or use :meth:`slot`). The window rule costs a
     latency per ``n`` requests: at rate 20 and 50 ms latency, about 5% of the throughput.
-    ``math.inf`` turns the limit off.
+    ``math.inf`` turns the limit off. ``host_rates`` sets another rate for some hosts
+    (``netloc`` -> requests per second), e.g. a documented API limit.
     """
 
     def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        if not rate > 0:
-            raise ValueError(f"rate must be > 0 requests per second, got {rate}")
+                 sleep: Callable[[float], None] = time.sleep,
+                 host_rates: Mapping[str, float] | None = None) -> None:
+        for r in (rate, *(host_rates or {}).values()):
+            if not r > 0:
+                raise ValueError(f"rate must be > 0 requests per second, got {r}")
         self.rate = rate
+        self.host_rates = {h.lower(): r for h, r in (host_rates or {}).items()}
         self.interval = 1.0 / rate
-        self.per_window = None if math.isinf(rate) else max(1, math.floor(rate * WINDOW))
         self._clock = clock
         self._sleep = sleep
         self._hosts: dict[str, _Host] = {}
@@ -66,8 +71,10 @@ class RateLimiter:
         """Block until a request to ``host`` may start; the ticket must be released."""
         while True:
             with self._cond:
-                state = self._hosts.setdefault(host, _Host())
-                n = self.per_window
+                if host not in self._hosts:
+                    self._hosts[host] = self._new(host)
+                state = self._hosts[host]
+                n = state.per_window
                 while n is not None and len(state.recent) >= n:  # fold the request n back
                     old = state.recent[0]
                     if old.answered is None:
@@ -81,9 +88,17 @@ class RateLimiter:
                     ticket = Ticket(host, now)
                     if n is not None:
                         state.recent.append(ticket)
-                    state.next_start = now + self.interval
+                    state.next_start = now + state.interval
                     return ticket
             self._sleep(wait)  # then look again: another caller may have gone first
+
+    def rate_of(self, host: str) -> float:
+        """Requests per second allowed to ``host``."""
+        return self.host_rates.get(host.lower(), self.rate)
+
+    def _new(self, host: str) -> _Host:
+        rate = self.rate_of(host)
+        return _Host(1.0 / rate, None if math.isinf(rate) else max(1, math.floor(rate * WINDOW)))
 
     def release(self, ticket: Ticket, at: float | None = None) -> None:
         """The answer to ``ticket``'s request (or its failure) came in at ``at`` (default: now)."""

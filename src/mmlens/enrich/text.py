@@ -1,4 +1,4 @@
-"""Synopsis cleaning: HTML entities and tags, IMDb author signatures, whitespace."""
+"""Synopsis cleaning: HTML entities and tags, IMDb author signatures, placeholders, whitespace."""
 
 from __future__ import annotations
 
@@ -9,11 +9,23 @@ _TAG = re.compile(r"<[^>]*>")
 _BREAK_TAG = re.compile(r"<\s*(br|/p|/div|/li)\b[^>]*>", re.IGNORECASE)
 _AUTHOR_SUFFIX = re.compile(r"\s*::\s*[^:\n]{0,80}$")
 _SPACE = re.compile(r"\s+")
-# placeholder texts sites show instead of a plot
-_PLACEHOLDERS = frozenset({
-    "add a plot", "plot unknown", "plot undisclosed", "no overview found.", "no overview found",
-    "we don't have an overview translated in english.", "n/a",
-})
+# texts sites show where a plot is missing (IMDb title and plot pages, TMDB), after normalising
+_PLACEHOLDER = re.compile(r"""^(?:
+    add\ (?:a\ |the\ )?(?:plot|synopsis|summary)(?:\ in\ your\ language)?
+  | (?:the\ )?plot\ (?:is\ )?(?:unknown|undisclosed|(?:kept\ )?under\ wraps)
+  | (?:the\ )?plot\ (?:summary\ )?(?:is\ )?(?:not\ available|coming\ soon)
+  | no\ (?:overview|plot|synopsis|description)(?:\ summary)?(?:\ (?:found|available|yet))?
+  | (?:it\ looks\ like\ )?we\ don't\ have\ (?:any|a|an)\ (?:plot|synopsis|overview)\b.*
+  | n/?a | tba | tbd
+)$""", re.VERBOSE)
+_EDGE = " \t\n\u00a0.!»›…|-–—\"'"
+
+
+def is_placeholder_plot(text: str) -> bool:
+    """Whether ``text`` is a site's stand-in for a missing plot ("Add a Plot", "The plot is
+    unknown.", TMDB's "We don't have an overview translated in English. ..."), not a plot."""
+    norm = _SPACE.sub(" ", text.replace("\u2019", "'").lower()).strip(_EDGE)
+    return not norm or bool(_PLACEHOLDER.match(norm))
 
 
 def clean_synopsis(raw: object) -> str | None:
@@ -34,6 +46,6 @@ def clean_synopsis(raw: object) -> str | None:
     text = _TAG.sub("", text)
     text = _AUTHOR_SUFFIX.sub("", text)
     text = _SPACE.sub(" ", text.replace("\u00a0", " ")).strip()
-    if not text or text.lower() in _PLACEHOLDERS:
+    if is_placeholder_plot(text):
         return None
     return text

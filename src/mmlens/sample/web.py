@@ -8,8 +8,8 @@
 - ``tmdb-img/<hex>.jpg`` and ``imdb-img/<hex>.jpg``: poster JPEGs (a few truncated, one or two an
   HTML page; the mirror serves them as image/jpeg anyway).
 - ``imdb/tt<imdbId>.html``: title pages with JSON-LD (``{MIRROR}`` is replaced by the mirror's URL
-  at serve time) and og: meta tags; a few without JSON-LD, some descriptions with HTML entities and
-  an IMDb-style ``::author`` suffix.
+  at serve time), og: meta tags and the poster in the hero poster slot; a few without JSON-LD, some
+  descriptions with HTML entities and an IMDb-style ``::author`` suffix.
 
 Expected outcome of a scraper that tries TMDB first and IMDb second is recorded in
 ``poster_source`` / ``synopsis_source`` (``tmdb``, ``imdb`` or ``none``) and ``synopsis`` (the clean
@@ -226,6 +226,8 @@ def imdb_page(row: Any) -> str:
         payload = json.dumps(ld, ensure_ascii=False).replace("</", "<\\/")
         head.append(f'<script type="application/ld+json">{payload}</script>')
     body = (f'<h1 data-testid="hero-title-block__title">{esc(title)}</h1>\n'
+            f'<div class="ipc-poster" data-testid="hero-media__poster">'
+            f'<img alt="{esc(title)}" class="ipc-image" src="{esc(image)}"></div>\n'
             f'<p data-testid="plot">{esc(clean)}</p>')
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n" + "\n".join(head)
             + "\n</head>\n<body>\n" + body + "\n</body>\n</html>\n")

@@ -42,7 +42,7 @@ import pandas as pd
 from mmlens.sample import synopses, web
 from mmlens.sample.posters import N_STYLES
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2  # 2: IMDb pages show the poster in the hero slot
 RELEASE = "ml-sample"
 K = 16
 GENRES = (
