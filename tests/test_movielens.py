@@ -571,12 +571,18 @@ def test_run_sample_end_to_end_and_skip(tmp_path: Path, capsys) -> None:
     for name in ("movies", "ratings", "tags", "convert_report"):
         assert artifacts.path(cfg, name).is_file()
     assert (artifacts.path(cfg, "raw_dir") / f"{ZIP}.md5").is_file()
-    assert "ratings:" in capsys.readouterr().out
+    first = capsys.readouterr().out
+    md5 = report["source"]["md5"]
+    assert f"{ZIP}: downloaded " in first and f"md5 {md5} verified" in first
+    rows = report["tables"]["ratings"]["rows_kept"]
+    assert "converted in " in first and f"ratings: {rows:,} kept of {rows:,} read" in first
+    assert "127.0.0.1" not in first  # no random ports in the notebook's output
     stamp = artifacts.path(cfg, "ratings").stat().st_mtime_ns
     again = movielens.run(cfg)
     assert again == json.loads(artifacts.path(cfg, "convert_report").read_text())
     assert artifacts.path(cfg, "ratings").stat().st_mtime_ns == stamp
-    assert "already converted" in capsys.readouterr().out
+    rerun = capsys.readouterr().out
+    assert f"{ZIP}: " in rerun and "on disk" in rerun and "force=True converts again" in rerun
     summary = movielens.describe(cfg)
     assert summary["ratings"] == report["tables"]["ratings"]["rows_kept"]
     assert summary["movies"] == report["tables"]["movies"]["rows_kept"]
@@ -593,6 +599,12 @@ def test_run_from_local_zip_and_base_url(world: Path, tmp_path: Path) -> None:
         forced = movielens.run(cfg, base_url=m.movielens_base_url, force=True)
         assert [r.status for r in _zip_gets(m)] == [502, 200]
     assert forced["tables"] == report["tables"]
+
+
+def test_run_missing_release_on_a_mirror_says_what_to_do(mirror, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match=r"HTTP 404 .*ml-sample\.zip\.md5.*zip_path=PATH"):
+        movielens.run(_cfg(tmp_path), base_url=f"{mirror.movielens_base_url}/nowhere")
+    assert not (artifacts.path(_cfg(tmp_path), "raw_dir") / ZIP).exists()
 
 
 def test_run_local_zip_with_wrong_md5_for_known_release(tmp_path: Path, world: Path) -> None:

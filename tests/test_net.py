@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import email.utils
 import random
+import socket
 import time
 
 import pytest
+import requests
+import urllib3
 
 from mmlens import __version__
+from mmlens.errors import UserError
 from mmlens.net import (
     USER_AGENT,
     HTTPError,
     RetryPolicy,
+    UnreachableError,
     check_url,
     make_session,
+    network_reason,
     parse_retry_after,
     redact_url,
 )
@@ -96,3 +102,24 @@ def test_check_url_rejects_non_http(url: str) -> None:
 def test_check_url_accepts_http_and_https() -> None:
     check_url("https://files.grouplens.org/datasets/movielens/ml-25m.zip")
     check_url("http://127.0.0.1:8080/datasets/movielens/ml-sample.zip")
+
+
+def test_network_reason_is_short() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(requests.ConnectionError) as refused:
+        requests.get(f"http://127.0.0.1:{port}/", timeout=5)
+    assert network_reason(refused.value) == "connection refused"
+    cause = urllib3.exceptions.NameResolutionError("nowhere.invalid", None, OSError("-2"))
+    assert network_reason(requests.ConnectionError(cause)) == "its name does not resolve"
+    assert network_reason(requests.exceptions.ConnectTimeout()) == "connection timed out"
+
+
+def test_unreachable_error_names_the_host_and_what_to_do() -> None:
+    err = UnreachableError("https://u:pw@files.example.org/a.zip?token=T", "connection refused", 5)
+    assert isinstance(err, UserError) and isinstance(HTTPError("https://x.org/", 404), UserError)
+    assert err.host == "files.example.org" and "pw" not in str(err) and "=T" not in str(err)
+    hinted = err.with_hint("use a mirror")
+    assert str(hinted).startswith("cannot reach files.example.org (connection refused; 5 attempts")
+    assert str(hinted).endswith(": use a mirror") and hinted.host == err.host

@@ -10,22 +10,29 @@
 Global options (``--data-dir``, ``--dataset``, ``--profile``, ``--seed``, ``--device``) override the
 ``MMLENS_*`` environment variables; ``-o key=value`` passes a keyword option to the stage function
 (values are Python literals, else strings).
+
+A problem the user can fix (:class:`mmlens.errors.UserError`, a missing input of an earlier
+notebook, a misspelt option) is printed as one line, ``error: ...``, with exit status 2; a bug keeps
+its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import importlib
+import inspect
 import shutil
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from mmlens.artifacts import MissingArtifactError
 from mmlens.config import Config
+from mmlens.errors import UserError
 
 # stage -> (module, function): the same callables the notebooks use.
 STAGES: dict[str, tuple[str, str]] = {
@@ -39,12 +46,34 @@ STAGES: dict[str, tuple[str, str]] = {
     "08": ("mmlens.train", "run_keras"),
     "09": ("mmlens.train.ablation", "run"),
 }
+# Stage functions that forward ``**options``: the function whose signature lists them.
+OPTIONS_OF: dict[str, tuple[str, str]] = {"08": ("mmlens.train.keras_train", "run")}
 
 
 def stage_function(stage: str) -> Callable[..., Any]:
     """The function that runs ``stage`` (imported lazily: stages pull in heavy libraries)."""
     module, name = STAGES[stage]
     return getattr(importlib.import_module(module), name)
+
+
+def stage_options(stage: str) -> list[str]:
+    """The keyword options (``-o key=value``) that ``stage`` accepts, read from its signature."""
+    module, name = OPTIONS_OF.get(stage, STAGES[stage])
+    params = list(inspect.signature(getattr(importlib.import_module(module), name)).parameters
+                  .values())[1:]  # the first one is the Config
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in params if p.kind in kinds]
+
+
+def check_options(stage: str, options: dict[str, Any]) -> None:
+    """Raise :class:`UserError` naming the accepted options when one in ``options`` is not."""
+    accepted = stage_options(stage)
+    for key in options:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            guess = f" (did you mean {close[0]}?)" if close else ""
+            raise UserError(f"stage {stage} has no option {key!r}{guess}; its options: "
+                            f"{', '.join(accepted) or 'none'}")
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -58,9 +87,16 @@ def parse_option(text: str) -> tuple[str, Any]:
         return key, raw
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors become a :class:`UserError` (one line, exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (python -m mmlens --help lists the commands and options)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmlens", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="mmlens", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=[*STAGES, "all", "demo", "notebooks", "world", "serve",
                                               "export"])
     p.add_argument("--data-dir", type=Path)
@@ -86,12 +122,12 @@ def run_stage(cfg: Config, stage: str, **options: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a command; a missing input artifact is reported in one line (exit status 2)."""
-    args = _parser().parse_args(argv)
+    """Run a command; a user error (a bad option or input, a missing input artifact, an
+    unreachable host) is printed in one line with exit status 2, a bug with its traceback."""
     try:
-        return _dispatch(args)
-    except MissingArtifactError as err:
-        print(f"mmlens: {err}", file=sys.stderr)
+        return _dispatch(_parser().parse_args(argv))
+    except (UserError, MissingArtifactError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
 
@@ -101,7 +137,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         seed=args.seed, device=args.device,
     )
     options = dict(args.option)
+    if options and args.command not in STAGES:
+        raise UserError(f"-o options go to one numbered stage (01..09), not to {args.command!r}")
     if args.command in STAGES:
+        check_options(args.command, options)
         run_stage(cfg, args.command, **options)
     elif args.command == "all":
         for stage in STAGES:

@@ -10,6 +10,7 @@ import datetime as dt
 import email.utils
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -17,6 +18,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from mmlens import __version__
+from mmlens.errors import UserError
 
 USER_AGENT = f"mmlens/{__version__} (+https://github.com/mmlens/mmlens; tutorial data fetcher)"
 
@@ -102,7 +104,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - current)
 
 
-class HTTPError(RuntimeError):
+class HTTPError(UserError, RuntimeError):
     """A request failed for good. The message names the URL (without secrets) and the status."""
 
     def __init__(self, url: str, status: int | None, detail: str = "") -> None:
@@ -113,6 +115,56 @@ class HTTPError(RuntimeError):
         if detail:
             msg += f": {detail}"
         super().__init__(msg)
+
+
+class UnreachableError(UserError, RuntimeError):
+    """No answer at all from a host after every attempt (name not resolved, connection refused or
+    timed out). ``hint`` says what the caller can do instead."""
+
+    def __init__(self, url: str, reason: str, attempts: int, hint: str = "") -> None:
+        self.url = redact_url(url)
+        self.host = urlsplit(url).hostname or "?"
+        self.reason, self.attempts, self.hint = reason, attempts, hint
+        msg = f"cannot reach {self.host} ({reason}; {attempts} attempts for {self.url})"
+        super().__init__(f"{msg}: {hint}" if hint else msg)
+
+    def with_hint(self, hint: str) -> UnreachableError:
+        """The same failure, saying what to do instead."""
+        return UnreachableError(self.url, self.reason, self.attempts, hint)
+
+
+def network_reason(exc: BaseException) -> str:
+    """A few words for a failed connection (``requests``' own messages run to several hundred
+    characters): the name does not resolve, refused, timed out, reset, a proxy error."""
+    chain = list(_chain(exc))
+    text = " ".join(f"{type(e).__name__}: {e}" for e in chain)
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return "the proxy failed"
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connection timed out"
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return "no answer in time"
+    if "NameResolutionError" in text or "Failed to resolve" in text or "name resolution" in text:
+        return "its name does not resolve"
+    if "Connection refused" in text:
+        return "connection refused"
+    if "Connection reset" in text or "RemoteDisconnected" in text:
+        return "connection reset"
+    return type(exc).__name__
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: causes, contexts, exception arguments, urllib3's ``reason``."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        inner = (getattr(e, "reason", None), e.__cause__, e.__context__, *e.args)
+        todo.extend(x for x in inner if isinstance(x, BaseException))
 
 
 _SECRET_PARAMS = ("api_key", "apikey", "key", "token", "access_token", "password", "secret")

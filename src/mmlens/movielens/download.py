@@ -15,12 +15,21 @@ import urllib3
 from tqdm import tqdm
 
 from mmlens.artifacts import atomic_path
-from mmlens.net import HTTPError, RetryPolicy, check_url, make_session, redact_url
+from mmlens.errors import UserError
+from mmlens.net import (
+    HTTPError,
+    RetryPolicy,
+    UnreachableError,
+    check_url,
+    make_session,
+    network_reason,
+    redact_url,
+)
 
 CHUNK_BYTES = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A download could not be completed or verified."""
 
 
@@ -33,11 +42,14 @@ class DiskWriteError(DownloadError):
 
 
 class _Retryable(Exception):
-    """One attempt failed in a way worth retrying."""
+    """One attempt failed in a way worth retrying; ``no_response``: the host never answered."""
 
-    def __init__(self, reason: str, retry_after: str | None = None) -> None:
+    def __init__(
+        self, reason: str, retry_after: str | None = None, no_response: bool = False
+    ) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+        self.no_response = no_response
 
 
 _NETWORK_ERRORS = (
@@ -103,7 +115,7 @@ def download(
     expected = md5.strip().lower() if md5 else None
     if expected is not None and len(expected) != 32:
         raise ValueError(f"md5 must be 32 hex digits, got {md5!r}")
-    if not force and dest.is_file() and _is_verified(dest, expected):
+    if not force and is_verified(dest, expected):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_suffix(dest.suffix + ".part")
@@ -119,9 +131,8 @@ def download(
     if expected is not None and digest != expected:
         part.unlink(missing_ok=True)
         raise ChecksumError(
-            f"md5 mismatch for {redact_url(url)}: expected {expected}, got {digest}. The partial "
-            "file was deleted; run again to re-download (a proxy or captive portal may have "
-            "answered instead of the server)."
+            f"md5 mismatch for {redact_url(url)}: expected {expected}, got {digest}; the download "
+            "was deleted (if this repeats, a proxy, captive portal or mirror serves another file)"
         )
     md5_sibling(dest).unlink(missing_ok=True)
     os.replace(part, dest)
@@ -129,7 +140,11 @@ def download(
     return dest
 
 
-def _is_verified(dest: Path, expected: str | None) -> bool:
+def is_verified(dest: Path, md5: str | None) -> bool:
+    """Whether ``dest`` exists with md5 ``md5`` (or, when None, the md5 recorded beside it)."""
+    if not dest.is_file():
+        return False
+    expected = md5.strip().lower() if md5 else None
     actual = file_md5(dest)
     if expected is not None:
         if actual == expected and recorded_md5(dest) != actual:
@@ -150,6 +165,8 @@ def _fetch_to_part(session: requests.Session, url: str, part: Path, retry: Retry
             except _Retryable as exc:
                 # An attempt that moved the file forward does not count against the budget.
                 failures = 1 if _grew(part, start) else failures + 1
+                if failures >= retry.max_attempts and exc.no_response:
+                    raise UnreachableError(url, str(exc), failures) from exc
                 if failures >= retry.max_attempts:
                     raise DownloadError(
                         f"giving up on {redact_url(url)} after {failures} failed attempts: {exc}"
@@ -171,7 +188,7 @@ def _attempt(
     try:
         resp = session.get(url, headers=headers, stream=True, timeout=retry.timeout)
     except _NETWORK_ERRORS as exc:
-        raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+        raise _Retryable(network_reason(exc), no_response=True) from exc
     with resp:
         status = resp.status_code
         if status in retry.retry_statuses:
@@ -324,7 +341,7 @@ def fetch_text(
                 resp = session.get(url, timeout=retry.timeout)
             except _NETWORK_ERRORS as exc:
                 if attempt == retry.max_attempts:
-                    raise DownloadError(f"cannot fetch {redact_url(url)}: {exc}") from exc
+                    raise UnreachableError(url, network_reason(exc), attempt) from exc
                 time.sleep(retry.delay(attempt))
                 continue
             if resp.status_code in retry.retry_statuses and attempt < retry.max_attempts:

@@ -10,12 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from mmlens.artifacts import atomic_path
+from mmlens.errors import UserError
 
 MAX_MEMBER_BYTES = 16 << 30  # ml-32m's ratings.csv is under 1 GiB
 MAX_COMPRESSION_RATIO = 200  # CSV compresses ~5x; zip bombs reach thousands
+REDOWNLOAD = "delete it and download again"
 
 
-class ExtractError(RuntimeError):
+class ExtractError(UserError, RuntimeError):
     """The zip is not a usable MovieLens release (not a zip, damaged, unsafe or incomplete)."""
 
 
@@ -34,7 +36,7 @@ def extract(
     absolute), a symlink, or an absurd uncompressed size. Each file appears atomically.
     """
     zip_path, dest_dir = Path(zip_path), Path(dest_dir)
-    _check_is_zip(zip_path)
+    _check_is_zip(zip_path, REDOWNLOAD)
     try:
         with zipfile.ZipFile(zip_path) as zf:
             infos = zf.infolist()
@@ -48,10 +50,24 @@ def extract(
                 out[name] = _extract_one(zf, info, dest_dir / name, zip_path)
             return out
     except zipfile.BadZipFile as exc:
-        raise ExtractError(f"{zip_path} is damaged ({exc}); delete it and download again") from exc
+        raise ExtractError(f"{zip_path} is damaged ({exc}); {REDOWNLOAD}") from exc
 
 
-def _check_is_zip(zip_path: Path) -> None:
+def check_zip(zip_path: Path, members: Sequence[str], advice: str) -> None:
+    """Raise :class:`ExtractError` (its message ending in ``advice``) unless ``zip_path`` is a zip
+    that holds ``members`` and no unsafe entry. Reads the zip's directory only, not its data."""
+    _check_is_zip(zip_path, advice)
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            infos = zf.infolist()
+    except zipfile.BadZipFile as exc:
+        raise ExtractError(f"{zip_path} is damaged ({exc}); {advice}") from exc
+    for info in infos:
+        _check_safe(info, zip_path)
+    _select(infos, [*members], [], zip_path)
+
+
+def _check_is_zip(zip_path: Path, advice: str) -> None:
     if not zip_path.is_file():
         raise ExtractError(f"{zip_path} does not exist")
     if zipfile.is_zipfile(zip_path):
@@ -67,7 +83,7 @@ def _check_is_zip(zip_path: Path) -> None:
         what = "empty"
     else:
         what = "not a zip file"
-    raise ExtractError(f"{zip_path} is {what}; delete it and download again")
+    raise ExtractError(f"{zip_path} is {what}; {advice}")
 
 
 def _check_safe(info: zipfile.ZipInfo, zip_path: Path) -> None:

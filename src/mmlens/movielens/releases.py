@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from mmlens.config import SAMPLE_DATASET
+from mmlens.errors import UserError
 
 GROUPLENS_BASE_URL = "https://files.grouplens.org/datasets/movielens"
 
@@ -20,6 +21,10 @@ FORMAT_OPTIONAL_MEMBERS: dict[str, tuple[str, ...]] = {
     "ml-1m": ("README",),
     "ml-100k": ("README",),
 }
+
+
+class UnknownReleaseError(UserError, ValueError):
+    """The dataset name is not a release mmlens knows."""
 
 
 @dataclass(frozen=True)
@@ -81,12 +86,14 @@ RELEASES: dict[str, Release] = {
 
 
 def get_release(name: str) -> Release:
-    """The release called ``name``, or a ValueError listing the known ones."""
+    """The release called ``name``, or an :class:`UnknownReleaseError` listing the known ones."""
     try:
         return RELEASES[name]
     except KeyError:
         known = ", ".join(sorted(RELEASES))
-        raise ValueError(f"unknown MovieLens release {name!r}; known releases: {known}") from None
+        raise UnknownReleaseError(
+            f"unknown MovieLens release {name!r} (--dataset, MMLENS_DATASET); known: {known}"
+        ) from None
 
 
 _HEX = r"([0-9a-fA-F]{32})"

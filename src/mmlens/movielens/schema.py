@@ -7,6 +7,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from mmlens.errors import UserError
+
 MOVIES_SCHEMA = pa.schema([
     ("movieId", pa.int32()),
     ("title", pa.string()),
@@ -29,7 +31,7 @@ TAGS_SCHEMA = pa.schema([
 ])
 
 
-class ConvertError(ValueError):
+class ConvertError(UserError, ValueError):
     """An input file cannot be read as the release format says."""
 
 
