@@ -45,25 +45,47 @@ def read_sparse_model(directory: Path | str) -> tuple[np.ndarray, np.ndarray]:
     return keys, flat.reshape(len(keys), -1)
 
 
+def part_file_names(part_dir: Path) -> list[str]:
+    """The parquet file names of a part, in ``_metadata.json`` order (HugeCTR's reading order);
+    raises when one of them is missing."""
+    meta = json.loads((Path(part_dir) / "_metadata.json").read_text())
+    names = [f["file_name"] for f in meta["file_stats"]]
+    missing = [n for n in names if not (Path(part_dir) / n).exists()]
+    if missing:
+        raise FileNotFoundError(f"{part_dir}: _metadata.json names missing files {missing}")
+    return names
+
+
+def write_file_list(part_dir: Path, target: Path, location: Path | None = None) -> list[str]:
+    """Write a HugeCTR file list (the count, then one path a line) of the part's parquet files.
+
+    HugeCTR opens each listed path as given (relative paths against the process' working
+    directory, not the list's) and looks for ``_metadata.json`` beside the first one, so the
+    paths are absolute: under ``location`` (default: ``part_dir`` itself, resolved).
+    """
+    base = Path(location) if location is not None else Path(part_dir).resolve()
+    paths = [str(base / n) for n in part_file_names(part_dir)]
+    Path(target).write_text("\n".join([str(len(paths)), *paths]) + "\n")
+    return paths
+
+
 def point_file_list(part_dir: Path, final_dir: Path) -> list[str]:
-    """Rewrite ``_file_list.txt`` (count, then one path a line) to the parts' final location.
+    """Rewrite ``_file_list.txt`` to the parts' final location.
 
     NVTabular writes absolute paths of the directory it wrote to; the stage writes into a
     temporary directory that is renamed afterwards.
     """
-    meta = json.loads((part_dir / "_metadata.json").read_text())
-    names = [f["file_name"] for f in meta["file_stats"]]
-    missing = [n for n in names if not (part_dir / n).exists()]
-    if missing:
-        raise FileNotFoundError(f"{part_dir}: _metadata.json names missing files {missing}")
-    paths = [str(Path(final_dir) / n) for n in names]
-    (part_dir / "_file_list.txt").write_text("\n".join([str(len(paths)), *paths]) + "\n")
-    return paths
+    return write_file_list(part_dir, Path(part_dir) / "_file_list.txt", final_dir)
+
+
+def file_list_paths(list_file: Path) -> list[str]:
+    """The paths listed in a HugeCTR file list, checking the count line."""
+    lines = [line for line in Path(list_file).read_text().splitlines() if line.strip()]
+    if not lines or int(lines[0]) != len(lines) - 1:
+        raise ValueError(f"{list_file}: count line does not match the paths")
+    return lines[1:]
 
 
 def read_file_list(part_dir: Path) -> list[str]:
-    """The paths listed in ``_file_list.txt``, checking the count line."""
-    lines = (Path(part_dir) / "_file_list.txt").read_text().split()
-    if not lines or int(lines[0]) != len(lines) - 1:
-        raise ValueError(f"{part_dir}/_file_list.txt: count line does not match the paths")
-    return lines[1:]
+    """The paths listed in the part's ``_file_list.txt``."""
+    return file_list_paths(Path(part_dir) / "_file_list.txt")
