@@ -219,3 +219,39 @@ def test_splits_on_real_ratings() -> None:
         assert sum(sizes) == len(ratings) and min(sizes) > 0
     cold = splits.cold_items_split(ratings)
     assert not set(cold.train["movieId"]) & set(cold.test["movieId"])
+
+
+def test_stage_runs_the_notebook_functions() -> None:
+    from mmlens._nb import create_feature_store as nb
+
+    assert feature_store.build_items is nb.build_items
+    assert feature_store.pretrained_table.__module__ == "mmlens.feature_store"
+    movies = pd.DataFrame({"movieId": [30, 10, 20], "year": [2001, None, 1999],
+                           "genres": [["Drama"], None, []]})
+    train = pd.DataFrame({"movieId": [20, 30, 20]})
+    items = nb.build_items(movies, train)
+    assert items["movieId"].tolist() == [30, 10, 20]  # catalog order, unrated movie kept
+    assert items["n_ratings"].tolist() == [1, 0, 2] and items["genres"][1] == []
+    index = pd.DataFrame({"movieId": [20, 10, 30, 10], "row": [0, 1, 2, 3],
+                          "has_text": [True, True, False, True]})
+    vectors = np.arange(8, dtype=np.float32).reshape(4, 2)
+    with pytest.raises(pd.errors.MergeError):  # a duplicated movie in the index
+        nb.align_to_catalog(movies["movieId"], vectors, index, "text")
+    table, has = nb.align_to_catalog(movies["movieId"], vectors, index.iloc[:3], "text")
+    assert table.tolist() == [[4, 5], [2, 3], [0, 1]] and has.tolist() == [False, True, True]
+    with pytest.raises(ValueError, match="have no text row"):
+        nb.align_to_catalog(pd.Series([10, 99]), vectors, index.iloc[:3], "text")
+
+
+def test_wider_than_the_cap_is_reduced_by_pca(cfg: Config,
+                                              capsys: pytest.CaptureFixture) -> None:
+    summary = feature_store.run(cfg, max_dim=8)
+    assert summary["pretrained"]["poster"]["dim"] == 8  # 16-d > 8: PCA
+    assert summary["pretrained"]["text"]["dim"] == DIMS["text"]  # 8-d fits
+    pca = artifacts.read_json(artifacts.path(cfg, "pretrained_meta", modality="poster"))["pca"]
+    assert pca["n_components"] == 8
+    assert pca["n_fit_rows"] == summary["pretrained"]["poster"]["n_present"]
+    out = capsys.readouterr().out
+    assert "16-d -> 8-d by PCA" in out
+    _, meta = _parts(cfg, "cold-items")
+    assert f"{len(meta['definition']['test_movies'])} test movies held out" in out

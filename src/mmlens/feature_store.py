@@ -5,13 +5,18 @@
   train part only (descriptive; anything fitted on ratings sees train only).
 - ``pretrained_<modality>.npy``: float32, row i belongs to ``items`` row i. Rows without content are
   filled by ``missing_policy`` ("zeros" or "mean" of the present rows) and flagged by
-  ``has_<modality>``; optional PCA is fitted on the present catalog rows (label-free).
+  ``has_<modality>``; a table wider than HugeCTR's cap is reduced by PCA fitted on the present
+  catalog rows (label-free).
 - ``splits/<split>/{train,valid,test}.parquet`` + ``split.json``: userId, movieId, rating,
   timestamp and ``label = rating > label_threshold`` (int8).
+
+The joins, the alignment, the cap and the fill are notebook 05's ``#@save`` functions, imported
+from ``mmlens._nb.create_feature_store``: the stage runs the code the reader sees.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +24,18 @@ import numpy as np
 import pandas as pd
 
 from mmlens import artifacts, splits
+from mmlens._nb.create_feature_store import (
+    MAX_VEC_SIZE,
+    MISSING_POLICIES,
+    align_to_catalog,
+    build_items,
+    fill_missing,
+    fit_to_cap,
+)
 from mmlens.artifacts import MODALITIES, SPLITS
 from mmlens.config import Config
-from mmlens.features.reduce import pca_reduce
-from mmlens.train.hugectr_script import MAX_VEC_SIZE
 
-MISSING_POLICIES = ("zeros", "mean")
+__all__ = ["build_items", "describe", "pretrained_table", "read_split", "run", "write_split"]
 SPLIT_COLUMNS = ["userId", "movieId", "rating", "timestamp", "label"]
 
 
@@ -32,16 +43,19 @@ def run(cfg: Config, *, label_threshold: float = 3.0, missing_policy: str = "zer
         cold_share: float = 0.2, temporal_k: int | None = None,
         modalities: tuple[str, ...] | list[str] = MODALITIES,
         pca_dim: int | None = None, max_dim: int | None = MAX_VEC_SIZE) -> dict[str, Any]:
-    """Build the feature store of ``cfg``'s dataset; returns a summary dict.
+    """Build the feature store of ``cfg``'s dataset; prints what it did, returns a small summary.
 
     ``pca_dim`` reduces every table by PCA fitted on the catalog rows with content. Without it, a
     table wider than ``max_dim`` (default: HugeCTR's 1024 cap on ``embedding_vec_size``) is reduced
     to ``min(max_dim, rows with content)`` dimensions, said in the output; never truncated.
     """
+    start = time.perf_counter()
     modalities = _check_options(missing_policy, cold_share, temporal_k, modalities, pca_dim)
     movies = pd.read_parquet(artifacts.require(cfg, "movies"))
     embedding_paths = {m: _require_embeddings(cfg, m) for m in modalities}
     ratings = splits.add_label(_read_ratings(cfg), label_threshold)
+    print(f"{len(ratings)} ratings, label = rating > {label_threshold:g}: "
+          f"{ratings['label'].mean():.1%} positive")
 
     cut = {
         "random": splits.random_split(ratings, seed=cfg.seed),
@@ -51,6 +65,11 @@ def run(cfg: Config, *, label_threshold: float = 3.0, missing_policy: str = "zer
     summary: dict[str, Any] = {"splits": {}, "pretrained": {}}
     for name, split in cut.items():
         summary["splits"][name] = write_split(cfg, split, label_threshold)
+        sizes = " / ".join(str(n) for n in summary["splits"][name].values())
+        held_out = {p: len(split.definition.get(f"{p}_movies", [])) for p in ("valid", "test")}
+        print(f"split {name}: train/valid/test {sizes} ratings"
+              + (f" ({held_out['valid']} valid and {held_out['test']} test movies held out)"
+                 if held_out["test"] else ""))
 
     items = build_items(movies, cut["random"].train)
     for m in modalities:
@@ -63,12 +82,30 @@ def run(cfg: Config, *, label_threshold: float = 3.0, missing_policy: str = "zer
             np.save(tmp, table)
         artifacts.write_json(artifacts.path(cfg, "pretrained_meta", modality=m), meta)
         summary["pretrained"][m] = {k: meta[k] for k in ("dim", "n_present", "n_missing")}
-        print(f"{m}: {meta['n_present']} of {meta['n_items']} items have content, "
-              f"{meta['n_missing']} filled with {missing_policy}; dim {meta['dim']}")
+        print(f"{m}: {_describe_table(meta)}")
     artifacts.write_parquet(items, artifacts.path(cfg, "items"))
-    summary.update(items=len(items), ratings=len(ratings), modalities=list(modalities))
-    print(f"items: {len(items)}, ratings: {len(ratings)}, splits: {', '.join(cut)}")
+    seconds = time.perf_counter() - start
+    summary.update(items=len(items), ratings=len(ratings), modalities=list(modalities),
+                   seconds=round(seconds, 2))
+    print(f"items: {len(items)} catalog movies, {int((items['n_ratings'] == 0).sum())} without a "
+          f"train rating (kept); store written: {_store_megabytes(cfg):.1f} MB in {seconds:.1f} s")
     return summary
+
+
+def _describe_table(meta: dict[str, Any]) -> str:
+    """One line about a pretrained table: coverage, fill, width and PCA."""
+    width = f"{meta['dim']}-d"
+    if meta["pca"] is not None:
+        width = (f"{meta['source_dim']}-d -> {meta['dim']}-d by PCA fitted on "
+                 f"{meta['pca']['n_fit_rows']} catalog rows "
+                 f"({meta['pca']['explained_variance_total']:.1%} of the variance kept)")
+    return (f"{meta['n_present']} of {meta['n_items']} movies have content, {meta['n_missing']} "
+            f"filled with {meta['missing_policy']}; {width}")
+
+
+def _store_megabytes(cfg: Config) -> float:
+    store = artifacts.path(cfg, "items").parent
+    return sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / 1e6
 
 
 def _check_options(missing_policy: str, cold_share: float, temporal_k: int | None,
@@ -104,15 +141,6 @@ def _read_ratings(cfg: Config) -> pd.DataFrame:
     return ratings[["userId", "movieId", "rating", "timestamp"]]
 
 
-def build_items(movies: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
-    """The catalog (every movie, movies.parquet order) with train-only rating counts."""
-    counts = train.groupby("movieId").size()
-    items = movies[["movieId", "year", "genres"]].reset_index(drop=True).copy()
-    items["genres"] = [[] if g is None else list(g) for g in items["genres"]]
-    items["n_ratings"] = items["movieId"].map(counts).fillna(0).astype("int64")
-    return items
-
-
 def pretrained_table(movie_ids: pd.Series, modality: str, embeddings_path: Path,
                      index_path: Path, meta_path: Path, *, missing_policy: str = "zeros",
                      pca_dim: int | None = None, max_dim: int | None = None
@@ -129,23 +157,10 @@ def pretrained_table(movie_ids: pd.Series, modality: str, embeddings_path: Path,
     if vectors.ndim != 2 or vectors.dtype != np.float32:
         raise ValueError(f"{embeddings_path} must be a 2-d float32 array, got "
                          f"{vectors.dtype} {vectors.shape}")
-    by_movie = index.set_index("movieId")
-    absent = ~movie_ids.isin(by_movie.index)
-    if absent.any():
-        raise ValueError(f"{absent.sum()} catalog movies (e.g. {movie_ids[absent].iloc[0]}) are "
-                         f"missing from {index_path}: re-run notebook for {modality}")
-    rows = by_movie.loc[movie_ids, "row"].to_numpy(dtype=np.int64)
-    has = by_movie.loc[movie_ids, has_col].to_numpy(dtype=bool)
-    if len(rows) and (rows.min() < 0 or rows.max() >= len(vectors)):
+    if len(index) and (index["row"].min() < 0 or index["row"].max() >= len(vectors)):
         raise ValueError(f"{index_path} points outside {embeddings_path} ({len(vectors)} rows)")
-    table = np.ascontiguousarray(vectors[rows], dtype=np.float32)
-    pca: dict[str, Any] | None = None
-    if pca_dim is None and max_dim is not None and table.shape[1] > max_dim:
-        pca_dim = min(max_dim, int(has.sum()))
-        print(f"{modality}: {table.shape[1]}-d is wider than {max_dim}; PCA to {pca_dim}-d "
-              f"(fitted on the {int(has.sum())} catalog rows with content)")
-    if pca_dim is not None:
-        table, pca = reduce_pca(table, has, pca_dim)
+    table, has = align_to_catalog(movie_ids, vectors, index, modality)
+    table, pca = fit_to_cap(table, has, max_dim=max_dim, pca_dim=pca_dim)
     table = fill_missing(table, has, missing_policy)
     meta = {
         "modality": modality, "dim": int(table.shape[1]), "source_dim": int(vectors.shape[1]),
@@ -156,25 +171,6 @@ def pretrained_table(movie_ids: pd.Series, modality: str, embeddings_path: Path,
     }
     return table, has, meta
 
-
-def fill_missing(table: np.ndarray, has: np.ndarray, policy: str) -> np.ndarray:
-    """Rows without content set to zeros or to the mean of the present rows (copy)."""
-    out = table.copy()
-    if policy == "zeros" or not has.any():
-        out[~has] = 0.0
-    elif policy == "mean":
-        out[~has] = table[has].mean(axis=0, dtype=np.float64).astype(np.float32)
-    else:
-        raise ValueError(f"missing_policy must be one of {MISSING_POLICIES}, got {policy!r}")
-    return out
-
-
-def reduce_pca(table: np.ndarray, has: np.ndarray, dim: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """PCA of the table fitted on the present rows (see :func:`mmlens.features.reduce.pca_reduce`);
-    returns the reduced table and the JSON-ready record of it (explained variance)."""
-    reduced, info = pca_reduce(table, has, dim)
-    info = {k: v for k, v in info.items() if k not in ("components", "mean")}
-    return reduced, info
 
 def write_split(cfg: Config, split: splits.Split, label_threshold: float) -> dict[str, Any]:
     target = artifacts.path(cfg, "split", split=split.name)
