@@ -350,6 +350,61 @@ def test_title_page_placeholders_are_no_poster() -> None:
     assert parse_title_page(_page(no_poster_ld + OG)).image is None
 
 
+FIXTURES = Path(__file__).parent / "fixtures" / "imdb"
+AMZ = "https://m.media-amazon.com/images/M/MV5B"
+IA = "http://ia.media-imdb.com/images/M/MV5B"
+
+
+@pytest.mark.parametrize(("page", "poster", "plot"), [  # page: file/title id
+    pytest.param("2009-tn15-poster/tt0400001", f"{IA}LANTERNKEEPERPOSTER@@._V1_.jpg",
+                 "A lighthouse keeper on a northern island finds a stranger washed ashore after "
+                 "the winter storm.", id="2009-poster-and-plot-block"),
+    pytest.param("2009-tn15-no-poster/tt0400002", None,
+                 "Two ferry captains race each other across the bay every morning for thirty "
+                 "years.", id="2009-add-poster-image-and-share-logo"),
+    pytest.param("2011-overview-plain-plot/tt1100001", f"{IA}PAPERSATELLITES._V1_.jpg",
+                 "A schoolteacher in a mining town builds a radio telescope from scrap, hoping to "
+                 "hear from her missing brother.", id="2011-plain-paragraph-under-the-rating"),
+    pytest.param("2011-overview-cut-plot/tt1100002", f"{IA}GLASSORCHARD._V1_.jpg",
+                 "After their father's death, three sisters return to the family orchard and find "
+                 "its greenhouses full of glass trees that ring in the wind.",
+                 id="2011-see-full-summary-takes-the-storyline"),
+    pytest.param("2011-no-poster-share-logo/tt1100003", None, None,
+                 id="2011-share-logo-and-add-a-plot"),
+    pytest.param("2014-itemprop-no-poster-still/tt3300001", None,
+                 "A night ferry's radio operator picks up a distress call that no other ship can "
+                 "hear.", id="2014-promotional-still"),
+    pytest.param("2018-poster-see-full-summary/tt5500001", f"{AMZ}SALTANDCOPPER@._V1_.jpg",
+                 "Two rival coppersmiths in a coastal town must share one forge when a storm "
+                 "destroys the other, and learn that their grandfathers built it together.",
+                 id="2018-see-full-summary-takes-the-storyline"),
+    pytest.param("2018-cut-plot-only/tt5500002", f"{AMZ}WINTERARCHIVE@._V1_.jpg",
+                 "An archivist cataloguing a dead composer's letters finds a score that was never "
+                 "performed and a name that was erased from ...",
+                 id="2018-cut-plot-alone-kept-without-link-text"),
+    pytest.param("2019-no-poster-promo-still/tt5500003", None, None,
+                 id="2019-promotional-still-other-titles-poster-plot-unknown"),
+    pytest.param("2023-nextjs-poster/tt9900001", f"{AMZ}CARTOGRAPHERSDAUGHTER@._V1_.jpg",
+                 "A mapmaker's daughter redraws the coastline to hide her village from a tax "
+                 "collector.", id="2023-poster-and-plot"),
+    pytest.param("2023-nextjs-no-poster-promo-still/tt9900002", None, None,
+                 id="2023-promotional-still-plot-unknown"),
+    pytest.param("2025-nextjs-share-logo-add-plot/tt30000001", None, None,
+                 id="2025-share-logo-add-a-plot"),
+    pytest.param("2025-nextjs-poster-storyline/tt30000002", f"{AMZ}BELLFOUNDERS@._V1_.jpg",
+                 "In a river town, a family of bell founders must cast the largest bell of the "
+                 "century before the spring flood, while the youngest daughter plans to leave for "
+                 "the city.", id="2025-cut-plot-takes-the-storyline"),
+])
+def test_title_page_fixture(page: str, poster: str | None, plot: str | None) -> None:
+    """Only the title's own poster, only a real plot, whole where the page has it whole."""
+    name, tt = page.split("/")
+    info = parse_title_page((FIXTURES / f"{name}.html").read_bytes(),
+                            f"https://www.imdb.com/title/{tt}/")
+    assert info.image == poster
+    assert clean_synopsis(info.description) == plot
+
+
 @pytest.mark.parametrize(("url", "full"), [
     (f"{MV}@._V1_UX182_CR0,0,182,268_AL_.jpg", f"{MV}@._V1_.jpg"),
     (f"{MV}@._V1_QL75_UY281_CR0,0,190,281_.jpg", f"{MV}@._V1_.jpg"),

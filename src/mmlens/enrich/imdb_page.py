@@ -48,6 +48,7 @@ TITLE_TYPES = frozenset({
     "VideoGame", "CreativeWork", "CreativeWorkSeries", "MovieSeries", "MusicVideoObject",
 })
 _TT = re.compile(r"/title/(tt\d{7,})")
+_TT_LINK = re.compile(r"(?<![A-Za-z0-9])(tt\d{7,})")  # /title/tt../mediaviewer, /media/rm../tt..
 _V1 = re.compile(r"\._V1(?:[._,A-Za-z0-9-]*?)(\.[A-Za-z0-9]{2,5})$")
 # IMDb's "no poster" images and site logos, on any host
 _PLACEHOLDER = re.compile(
@@ -148,7 +149,9 @@ def parse_title_page(page: str | bytes, page_url: str = "") -> PageInfo:
            if u and (m := _TT.search(u))}
     ld_image, ld_text = _from_json_ld(parser.json_ld, ids)
     next_image, next_text = _from_next_data(parser.next_data, ids)
-    posters = [ld_image, *parser.poster_images, next_image]
+    # the page's poster slot: the first one that links to no other title ("more like this")
+    slot = next((s for s in parser.poster_slots if not (ids and s.titles - ids)), None)
+    posters = [ld_image, slot.image if slot else None, next_image]
     image = next((u for c in posters if c and (u := _usable_image(c, base))), None)
     plots = [ld_text, *parser.plots["summary"], *parser.plots["storyline"],
              *(_plot_of_meta(t) for k in _META_TEXT_KEYS for t in parser.meta.get(k, [])),
@@ -318,6 +321,14 @@ class _Block:
 
 
 @dataclass
+class _Slot:
+    """A poster slot: its first image and the titles its links lead to."""
+
+    image: str | None = None
+    titles: set[str] = field(default_factory=set)
+
+
+@dataclass
 class _Capture:
     """The text of a plot element being read."""
 
@@ -339,12 +350,12 @@ class _PageParser(HTMLParser):
         self.next_data: str | None = None
         self.meta: dict[str, list[str]] = {}
         self.canonical: str | None = None
-        self.poster_images: list[str] = []
+        self.poster_slots: list[_Slot] = []
         self.plots: dict[str, list[str]] = {"summary": [], "storyline": []}
         self._script: list[str] | None = None
         self._script_kind = ""
         self._raw: str | None = None  # inside <script>, <style>...: not page text
-        self._slot = "before"  # the page's (first) poster slot: before, open, done
+        self._slot: _Slot | None = None  # the poster slot being read
         self._blocks: list[_Block] = []
         self._captures: list[_Capture] = []
         self._heading: tuple[str, list[str]] | None = None
@@ -363,8 +374,10 @@ class _PageParser(HTMLParser):
             rels = a.get("rel", "").lower().split()
             if "canonical" in rels and a.get("href"):
                 self.canonical = a["href"]
-        elif tag == "img" and self._slot == "open":
+        elif tag == "img" and self._slot is not None:
             self._img(a)
+        elif tag == "a" and self._slot is not None:
+            self._slot.titles.update(_TT_LINK.findall(a.get("href", "")))
         elif tag in ("h2", "h5"):
             self._heading = (tag, [])
         if self._captures or tag not in _VOID:
@@ -373,6 +386,12 @@ class _PageParser(HTMLParser):
             self._raw = tag
         if tag not in _VOID:
             self._blocks.append(self._block(tag, a))
+
+    def close(self) -> None:
+        super().close()
+        if self._slot is not None:  # the page ended inside the slot
+            self.poster_slots.append(self._slot)
+            self._slot = None
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in _VOID:  # a self-closed <div/> and the like are empty: nothing to do
@@ -426,14 +445,17 @@ class _PageParser(HTMLParser):
         classes = a.get("class", "").split()
         poster = ("poster" in classes or a.get("id", "") in _POSTER_IDS
                   or a.get("name") == "poster" or ("hero" in testid and "poster" in testid))
-        if poster and self._slot == "before":
-            self._slot = "open"
+        if poster and self._slot is None:
+            self._slot = _Slot(titles=set(_TT_LINK.findall(a.get("href", ""))))
+        else:
+            poster = False  # nested marks belong to the slot already open
         return _Block(tag, poster=poster, overview=a.get("id") == "overview-top",
                       rating=any(c.startswith("star-box") for c in classes))
 
     def _close(self, closed: list[_Block]) -> None:
-        if self._slot == "open" and any(b.poster for b in closed):
-            self._slot = "done"  # only the first slot: later ones show other titles
+        if self._slot is not None and any(b.poster for b in closed):
+            self.poster_slots.append(self._slot)
+            self._slot = None
         if any(b.overview for b in closed):
             self._after_rating = False
         elif any(b.rating for b in closed) and any(b.overview for b in self._blocks):
@@ -444,8 +466,9 @@ class _PageParser(HTMLParser):
         for src in (a.get("src", ""), a.get("loadlate", ""), a.get("data-src", ""),
                     srcset[0] if srcset else ""):
             if src.strip() and not src.strip().lower().startswith("data:"):
-                self.poster_images.append(src)
-                self._slot = "done"
+                assert self._slot is not None
+                if self._slot.image is None:  # the first image: later ones are overlays
+                    self._slot.image = src
                 return
 
     def _plot_kind(self, tag: str, a: dict[str, str]) -> str:

@@ -13,6 +13,7 @@ _SPACE = re.compile(r"\s+")
 _PLACEHOLDER = re.compile(r"""^(?:
     add\ (?:a\ |the\ )?(?:plot|synopsis|summary)(?:\ in\ your\ language)?
   | (?:the\ )?plot\ (?:is\ )?(?:unknown|undisclosed|(?:kept\ )?under\ wraps)
+    (?:\ (?:at|for)\ (?:this\ time|present|the\ moment|now))?
   | (?:the\ )?plot\ (?:summary\ )?(?:is\ )?(?:not\ available|coming\ soon)
   | no\ (?:overview|plot|synopsis|description)(?:\ summary)?(?:\ (?:found|available|yet))?
   | (?:it\ looks\ like\ )?we\ don't\ have\ (?:any|a|an)\ (?:plot|synopsis|overview)\b.*
