@@ -12,11 +12,14 @@ from PIL import Image
 from mmlens import artifacts
 from mmlens.artifacts import MissingArtifactError
 from mmlens.config import Config
-from mmlens.features import image, merge_shards, neighbours, outputs, reduce, text
+from mmlens.errors import UserError
+from mmlens.features import image, merge_shards, neighbours, outputs, reduce, text, weights
 from mmlens.features.precision import resolve_precision
+from mmlens.features.weights import WeightsUnavailableError
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+huggingface_hub = pytest.importorskip("huggingface_hub")
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -241,28 +244,101 @@ def test_local_weights_dir_is_loaded_and_hashed(tmp_path: Path) -> None:
     weights = tmp_path / "weights"
     model.save_pretrained(weights)
     result = image.run(cfg, model_id="tiny-resnet", weights_dir=weights, num_workers=0,
-                       allow_random_init=False, precision="fp32")
+                       random_init=False, precision="fp32")
     emb, _, meta = table(cfg, "poster")
     assert result["weights"] == outputs.sha256_file(weights / "model.safetensors")
-    assert meta["weights_path"] == str(weights)
+    assert meta["weights_path"] == str(weights) and meta["model_id"] == "tiny-resnet"
     pixels = torch.from_numpy(image.load_poster(artifacts.path(cfg, "posters_dir") / "3.jpg"))
     with torch.inference_mode():
         direct = model(pixel_values=pixels[None]).pooler_output.flatten(1).numpy()[0]
     np.testing.assert_allclose(emb[2], direct, atol=1e-5)
-    with pytest.raises(FileNotFoundError, match="allow_random_init=True"):
-        image.run(make_cfg(tmp_path / "w"), model_id="no-such/model", allow_random_init=False)
+    with pytest.raises(WeightsUnavailableError, match="config.json"):
+        image.run(cfg, weights_dir=tmp_path / "posters-not-weights", random_init=False)
 
 
-def test_real_resnet50_config_on_two_images(tmp_path: Path) -> None:
+def test_real_resnet50_config_on_two_images(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Sample mode: ResNet-50 with a seeded random init by default, labelled so."""
     cfg = make_cfg(tmp_path)
     write_movies(cfg, [10, 20])
     save_poster(cfg, 10, poster(10, size=(120, 180)))
     save_poster(cfg, 20, poster(20, size=(200, 150), mode="L"))
     result = image.run(cfg, num_workers=0, batch_size=2)
     emb, index, meta = table(cfg, "poster")
-    assert emb.shape == (2, 2048) and meta["model_id"] == "microsoft/resnet-50"
+    assert emb.shape == (2, 2048) and meta["model_id"] == "ResNet-50 (random init)"
+    assert meta["config_source"] == "microsoft/resnet-50"
+    assert meta["weights_origin"] == "sample mode"
     assert result["weights"] == "random" and index["has_poster"].all()
     assert np.isfinite(emb).all() and (emb >= 0).all()  # pooled after ReLU
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "ResNet-50 (random init)" in summary and "2 vectors computed" in summary
+
+
+def real_cfg(root: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
+    """A real (non-sample) dataset with two posters; the hub switched off, an empty HF cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root / "hf-cache"))
+    cfg = Config(data_dir=root, dataset="ml-latest-small", seed=3, device="cpu")
+    write_movies(cfg, [1, 2])
+    save_poster(cfg, 1, poster(1))
+    save_poster(cfg, 2, poster(2, mode="L"))
+    return cfg
+
+
+def test_real_dataset_without_weights_stops_with_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = real_cfg(tmp_path, monkeypatch)
+    with pytest.raises(WeightsUnavailableError) as caught:
+        image.run(cfg, num_workers=0)
+    message = str(caught.value)
+    assert isinstance(caught.value, UserError) and "\n" not in message
+    for needed in ("microsoft/resnet-50", "weights_dir=", "HF_HUB_OFFLINE", "config.json",
+                   "random_init=True"):
+        assert needed in message
+    assert not artifacts.path(cfg, "embeddings", modality="poster").exists()
+
+
+def test_real_dataset_explicit_random_init_is_labelled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = real_cfg(tmp_path, monkeypatch)
+    image.run(cfg, random_init=True, num_workers=0, precision="fp32")
+    _, _, meta = table(cfg, "poster")
+    assert meta["model_id"] == "ResNet-50 (random init)" and meta["weights"] == "random"
+    assert meta["weights_origin"] == "random_init=True"
+    assert "random init" in capsys.readouterr().out
+    weights = tmp_path / "weights"
+    transformers.ResNetModel(tiny_resnet()).save_pretrained(weights)
+    image.run(cfg, weights_dir=weights, num_workers=0, precision="fp32")  # a real run: real weights
+    _, _, meta = table(cfg, "poster")
+    assert meta["model_id"] == "microsoft/resnet-50" and meta["weights_origin"] == "folder"
+    assert meta["weights"] == outputs.sha256_file(weights / "model.safetensors")
+
+
+def test_weights_come_from_the_cache_then_the_hub(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "snapshot"
+    transformers.ResNetModel(tiny_resnet()).save_pretrained(folder)
+    calls: list[bool] = []
+
+    def fake_snapshot(model_id: str, *, allow_patterns: object = None,
+                      local_files_only: bool = False) -> str:
+        calls.append(local_files_only)
+        if local_files_only and not cached:
+            raise huggingface_hub.utils.LocalEntryNotFoundError("not cached")
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    cached = True
+    assert weights.locate("org/model") == weights.Located(folder, "cache") and calls == [True]
+    cached, calls[:] = False, []
+    assert weights.locate("org/model") == weights.Located(folder, "hub") and calls == [True, False]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    calls[:] = []
+    found = weights.locate("org/model")
+    assert found.folder is None and "HF_HUB_OFFLINE" in found.origin and calls == [True]
 
 
 def test_missing_inputs_name_the_notebook(tmp_path: Path) -> None:

@@ -23,17 +23,24 @@ def _check(emb: np.ndarray, has: np.ndarray) -> np.ndarray:
     return has
 
 
-def nearest(emb: np.ndarray, has: np.ndarray, query_row: int, k: int = 5) -> pd.DataFrame:
+def nearest(emb: np.ndarray, has: np.ndarray, query_row: int, k: int = 5, *,
+            center: bool = False) -> pd.DataFrame:
     """The ``k`` rows most cosine-similar to ``query_row`` among rows with content (itself
-    excluded): a frame with columns ``row`` and ``similarity``, most similar first."""
+    excluded): a frame with columns ``row`` and ``similarity``, most similar first.
+
+    ``center=True`` subtracts the mean of the rows with content first. Vectors that share one
+    dominant direction (pooled ReLU features, above all of a randomly initialised CNN, where every
+    raw cosine is close to 1) then get similarities that spread between -1 and 1.
+    """
     has = _check(emb, has)
     if not 0 <= query_row < len(has):
         raise IndexError(f"query_row {query_row} outside 0..{len(has) - 1}")
     if not has[query_row]:
         raise ValueError(f"row {query_row} has no content (its embedding is a placeholder)")
     candidates = np.flatnonzero(has & (np.arange(len(has)) != query_row))
-    query = _unit_rows(np.asarray(emb[query_row])[None, :])[0]
-    scores = _unit_rows(np.asarray(emb[candidates])) @ query
+    shift = np.asarray(emb[has], dtype=np.float64).mean(axis=0) if center else 0.0
+    query = _unit_rows(np.asarray(emb[query_row])[None, :] - shift)[0]
+    scores = _unit_rows(np.asarray(emb[candidates]) - shift) @ query
     top = np.argsort(-scores, kind="stable")[:k]
     return pd.DataFrame({"row": candidates[top], "similarity": scores[top]})
 

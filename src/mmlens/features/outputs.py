@@ -254,8 +254,8 @@ def build_table(cfg: Config, modality: str, *, movie_ids: np.ndarray,
     current = read_table(target)
     if current is not None and current[2].get("input_hash") == full_hash:
         meta = current[2]
-        print(f"{label} embeddings up to date ({meta['n_present']}/{meta['n_rows']} present, "
-              f"dim {meta['dim']}): {target.embeddings}")
+        print(f"{label} embeddings, {_model_words(meta)}: up to date, nothing to compute; "
+              f"{meta['n_present']}/{meta['n_rows']} movies have one, dim {meta['dim']}")
         return _summary(meta, target, status="up to date", n_computed=0, n_reused=len(rows))
 
     sources = [target] + ([final_paths(cfg, modality)] if shard is not None else [])
@@ -276,6 +276,7 @@ def build_table(cfg: Config, modality: str, *, movie_ids: np.ndarray,
                 out[pos[sl]] = emb[src_rows[sl]]
             status[pos] = index["status"].to_numpy(object)[src_rows]
             errors[pos] = index["error"].to_numpy(object)[src_rows]
+        encode_start = time.perf_counter()
         if len(plan.compute):
             assert encoder is not None
             errors_seen = _encode_into(out, rows, plan.compute, encoder, label)
@@ -283,6 +284,7 @@ def build_table(cfg: Config, modality: str, *, movie_ids: np.ndarray,
                 status[p], errors[p] = "failed", err
         out.flush()
         del out
+    encode_seconds = time.perf_counter() - encode_start
 
     present = status == "ok"
     index = pd.DataFrame({
@@ -321,8 +323,10 @@ def build_table(cfg: Config, modality: str, *, movie_ids: np.ndarray,
     }
     artifacts.write_json(target.meta, meta)
     n_reused = sum(len(r[0]) for r in plan.reuse)
-    print(f"{label} embeddings: {meta['n_present']}/{n} present, {meta['n_failed']} failed, "
-          f"{len(plan.compute)} encoded, {n_reused} reused, dim {dim}: {target.embeddings}")
+    n_new = len(plan.compute)
+    print(f"{label} embeddings, {_model_words(meta)}: {n_new} vectors computed in "
+          f"{encode_seconds:.1f} s ({n_new / max(encode_seconds, 1e-9):.1f}/s), {n_reused} reused; "
+          f"{meta['n_present']}/{n} movies have one, {meta['n_failed']} failed; dim {dim}")
     return _summary(meta, target, status="computed", n_computed=len(plan.compute),
                     n_reused=n_reused)
 
@@ -345,6 +349,12 @@ def _encode_into(out: np.ndarray, rows: np.ndarray, compute: np.ndarray, encoder
             out[pos] = vectors
             bar.update(len(pos))
     return failed
+
+
+def _model_words(meta: dict[str, Any]) -> str:
+    """``"<model label>, <precision> on <device>"`` for the summary line."""
+    where = f" on {meta['device']}" if meta.get("device") else ""
+    return f"{meta.get('model_id', '?')}, {meta.get('precision', '?')}{where}"
 
 
 def _summary(meta: dict[str, Any], paths: TablePaths, *, status: str, n_computed: int,
