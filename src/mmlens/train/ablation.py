@@ -4,28 +4,30 @@ Every variant is the same MLP; only the content tables differ. ``id-only`` means
 content (user, movie, genres and year embeddings only). Each variant trains once per seed; the
 table reports mean and standard deviation of test AUC and logloss, beside the popularity baseline,
 and the seed ensemble: the same seeds' models averaged (mean predicted probability), scored once.
+The variants, the training loop and the seed ensemble are notebook 09's ``#@save`` cells
+(:mod:`mmlens._nb.do_pretrained_embeddings_help`); this module checks, summarises and writes.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from mmlens import artifacts
+from mmlens._nb.do_pretrained_embeddings_help import (
+    SETTINGS,
+    VARIANTS,
+    seed_ensemble,
+    train_runs,
+)
 from mmlens.config import Config
 from mmlens.train import data, evaluate
 
-VARIANTS: dict[str, tuple[str, ...]] = {
-    "id-only": (),
-    "+poster": ("poster",),
-    "+text": ("text",),
-    "+both": ("poster", "text"),
-}
-SETTINGS = {"random": "warm", "cold-items": "cold"}
+__all__ = ["SETTINGS", "VARIANTS", "run", "seed_ensemble", "summarize", "with_ensembles"]
 FIGURE_NAME = "09-ablation.png"
 
 
@@ -45,58 +47,51 @@ def run(
     refit: bool = False,
     rating_mix: float = 0.0,
     write: bool = True,
+    print_table: bool = True,
 ) -> pd.DataFrame:
-    """Train every variant x seed on each split; return mean/std per (setting, variant) and
-    the seed ensemble's ``ens_auc`` / ``ens_logloss`` (:func:`seed_ensemble`).
+    """Train every variant x seed on each split (notebook 09's :func:`train_runs`); return mean/std
+    per (setting, variant) and the seed ensemble's ``ens_auc`` / ``ens_logloss``
+    (:func:`seed_ensemble`), beside the popularity baseline.
 
     Writes ``metrics/09.json`` (summary and runs), ``metrics/09-ablation.csv`` (one row per run)
     and ``figures/09-ablation.png``. ``fine_tune=True`` lets the pretrained tables train too;
     ``model_options``, ``unseen_items``, ``refit`` and ``rating_mix`` go to
     :func:`keras_train.train_and_evaluate` (default: the cold-aware model, movies unseen in train
     as unknown, no refit on train + valid). ``write=False`` only returns the summary (e.g. a
-    fine-tuned comparison beside the frozen results already written).
+    fine-tuned comparison beside the frozen results already written). Prints what it trained and
+    (``print_table``) the summary table.
     """
-    import keras
-
-    from mmlens.train import keras_train
-
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     if not seeds:
         raise ValueError("give at least one seed")
     loaded = {split: data.require_split(cfg, split) for split in splits}
-    rows: list[dict[str, Any]] = []
-    scores: dict[tuple[str, str], list[np.ndarray]] = {}
-    labels: dict[str, np.ndarray] = {}
-    jobs = [(s, v, seed) for s in splits for v in variants for seed in seeds]
-    for split, variant, seed in tqdm(jobs, desc="09 ablation", unit="run"):
-        etl_dir, schema = loaded[split]
-        missing = [m for m in VARIANTS[variant] if m not in schema["pretrained"]]
-        if missing:
-            raise ValueError(f"variant {variant!r} needs {missing}, absent from etl/{split}")
-        keras.backend.clear_session()
-        model, metrics = keras_train.train_and_evaluate(
-            etl_dir, schema, modalities=VARIANTS[variant], epochs=epochs, seed=seed,
-            batch_size=batch_size, lr=lr, patience=patience, fine_tune=fine_tune,
-            model_options=model_options, unseen_items=unseen_items, refit=refit,
-            rating_mix=rating_mix)
-        labels[split], probs = keras_train.score_part(model, etl_dir, schema, "test",
-                                                      VARIANTS[variant], metrics["batch_size"])
-        scores.setdefault((split, variant), []).append(probs)
-        rows.append({"split": split, "setting": SETTINGS.get(split, split), "variant": variant,
-                     "seed": seed, "auc": metrics["auc"], "logloss": metrics["logloss"],
-                     "val_auc": metrics["best_val_auc"], "epochs_run": metrics["epochs_run"]})
-    for split, (etl_dir, schema) in loaded.items():
-        rows.append({"split": split, "setting": SETTINGS.get(split, split),
-                     "variant": "popularity", "seed": -1, **_popularity(etl_dir, schema)})
-    runs = pd.DataFrame(rows)
+    for split, (_, schema) in loaded.items():
+        for variant in variants:
+            missing = [m for m in VARIANTS[variant] if m not in schema["pretrained"]]
+            if missing:
+                raise ValueError(f"variant {variant!r} needs {missing}, absent from etl/{split}")
+    start = time.perf_counter()
+    runs, scores = train_runs(
+        cfg, splits, variants, seeds, epochs=epochs, batch_size=batch_size, lr=lr,
+        patience=patience, fine_tune=fine_tune, model_options=model_options,
+        unseen_items=unseen_items, refit=refit, rating_mix=rating_mix)
+    popularity = [{"split": split, "setting": SETTINGS.get(split, split), "variant": "popularity",
+                   "seed": -1, **_popularity(etl_dir, schema)}
+                  for split, (etl_dir, schema) in loaded.items()]
+    runs = pd.concat([runs, pd.DataFrame(popularity)], ignore_index=True)
     summary = with_ensembles(summarize(runs), {
-        (SETTINGS.get(split, split), variant): seed_ensemble(labels[split], probs)
-        for (split, variant), probs in scores.items()})
+        (SETTINGS.get(split, split), variant): seed_ensemble(labels, probs)
+        for (split, variant), (labels, probs) in scores.items()})
     if write:
         _write(cfg, runs, summary, fine_tune)
-    print(summary.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+    print(f"09 ablation: {len(splits) * len(variants) * len(seeds)} models ({len(splits)} splits "
+          f"x {len(variants)} variants x {len(seeds)} seeds"
+          f"{', tables fine-tuned' if fine_tune else ''}) trained and scored in "
+          f"{time.perf_counter() - start:.0f} s" + ("" if write else " (not written)"))
+    if print_table:
+        print(summary.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     summary.attrs["runs"] = runs
     return summary
 
@@ -107,14 +102,6 @@ def _popularity(etl_dir: Any, schema: dict[str, Any]) -> dict[str, float]:
     test = data.read_frame(data.part_dir(etl_dir, schema, "test"), cols)
     m = evaluate.popularity_baseline(train, test, label_col=schema["label"])
     return {"auc": m["auc"], "logloss": m["logloss"], "epochs_run": 0}
-
-
-def seed_ensemble(labels: np.ndarray, scores: Sequence[np.ndarray]) -> dict[str, float]:
-    """AUC and logloss of the mean predicted probability of several models on the same rows
-    (what :func:`models.average` of those models predicts: 08's ``ensemble`` option)."""
-    if not scores:
-        raise ValueError("no model scores to average")
-    return evaluate.pointwise_metrics(labels, np.mean(np.stack(scores), axis=0))
 
 
 def with_ensembles(summary: pd.DataFrame,
