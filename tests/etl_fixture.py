@@ -76,7 +76,7 @@ def _world(spec: FixtureSpec, rng: np.random.Generator) -> dict[str, object]:
              if rng.random() < spec.density]
     u_idx, m_idx = np.array(pairs).T
     affinity = (user_vec[u_idx] * movie_vec[m_idx]).sum(1)
-    label = (affinity + 0.3 * rng.normal(size=affinity.size) > 0).astype(np.int8)
+    label = (affinity + 0.3 * rng.normal(size=affinity.size) > 0).astype(np.float32)
     ratings = pd.DataFrame({
         "userId": user_codes[u_idx], "movieId": movie_codes[m_idx],
         "genres": [genres[m].tolist() for m in m_idx], "year_bucket": years[m_idx],
@@ -123,9 +123,10 @@ def _write_split(cfg: Config, spec: FixtureSpec, world: dict, split: str,
         file = part_dir / "part_0.parquet"
         df.reset_index(drop=True).to_parquet(file, index=False)
         (part_dir / "_file_list.txt").write_text(f"1\n{file}\n")
+        position = {c: i for i, c in enumerate(df.columns)}  # NVTabular: column positions
         meta = {"file_stats": [{"file_name": file.name, "num_rows": len(df)}],
-                "labels": [{"col_name": "label", "index": 0}], "conts": [],
-                "cats": [{"col_name": c, "index": i + 1} for i, c in enumerate(cats)]}
+                "labels": [{"col_name": "label", "index": position["label"]}], "conts": [],
+                "cats": [{"col_name": c, "index": position[c]} for c in cats]}
         (part_dir / "_metadata.json").write_text(json.dumps(meta))
     pretrained = {}
     tables: dict[str, np.ndarray] = world["tables"]  # type: ignore[assignment]

@@ -1,74 +1,40 @@
-"""Stage 07: the generated HugeCTR script against a synthetic ETL output.
+"""Stage 07: notebook 07's HugeCTR model, its runner and the checks on the ETL output.
 
-HugeCTR exists only in NVIDIA's container, so the script is executed against a recording stand-in
-module: every layer, argument and call the script makes is checked against the schema.
+HugeCTR exists only in NVIDIA's container, so the model is built against
+``mmlens.train.hugectr_standin``: HugeCTR 23.08's names and argument lists, recording every call.
+The runner runs as a real subprocess, with a ``hugectr`` module on its path that is the stand-in.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mmlens import capabilities
+from mmlens._nb import training_with_hugectr as nb
 from mmlens.config import Config
-from mmlens.train import hugectr_script
-from mmlens.train.hugectr_script import ScriptInputError, generate_script, validate_script_inputs
+from mmlens.etl.hugectr_files import file_list_paths
+from mmlens.train import hugectr_script, hugectr_standin
+from mmlens.train.hugectr_script import ScriptInputError, validate_script_inputs
 
 sys.path.insert(0, str(Path(__file__).parent))
 from etl_fixture import make_etl  # noqa: E402
 
-FAKE_HUGECTR = '''
-"""Records what a HugeCTR training script asks for (test stand-in, no GPU)."""
-import json
+SHIM = '''"""`import hugectr` gives mmlens' recording stand-in (test only)."""
+import sys
 
+from mmlens.train import hugectr_standin
 
-class _Names:
-    def __getattr__(self, name):
-        return name
-
-
-DataReaderType_t = Check_t = Embedding_t = Layer_t = Optimizer_t = Update_t = _Names()
-
-
-def _record(kind):
-    def make(*args, **kwargs):
-        return {"kind": kind, "args": list(args), **kwargs}
-    return make
-
-
-CreateSolver = _record("solver")
-DataReaderParams = _record("reader")
-CreateOptimizer = _record("optimizer")
-Input = _record("Input")
-SparseEmbedding = _record("SparseEmbedding")
-DenseLayer = _record("DenseLayer")
-DataReaderSparseParam = _record("DataReaderSparseParam")
-
-
-class Model:
-    def __init__(self, solver, reader, optimizer):
-        self.log = {"solver": solver, "reader": reader, "layers": [], "calls": []}
-
-    def add(self, layer):
-        self.log["layers"].append(layer)
-
-    def graph_to_json(self, graph_config_file):
-        self.log["calls"].append(["graph_to_json", [], {}])
-        with open(graph_config_file, "w") as f:
-            json.dump(self.log, f)
-
-    def get_eval_metrics(self):
-        return [("AUC", 0.75)]
-
-    def __getattr__(self, name):
-        def call(*args, **kwargs):
-            self.log["calls"].append([name, list(args), kwargs])
-        return call
+sys.modules[__name__] = hugectr_standin
 '''
 
 
@@ -79,79 +45,176 @@ def etl(tmp_path: Path) -> tuple[Config, Path, dict[str, Any]]:
     return cfg, etl_dir, json.loads((etl_dir / "schema.json").read_text())
 
 
-def _run_recorded(etl: tuple[Config, Path, dict[str, Any]], tmp_path: Path,
-                  monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], dict[str, Any]]:
-    cfg, _, _ = etl
-    fake = tmp_path / "fake"
-    fake.mkdir()
-    (fake / "hugectr.py").write_text(FAKE_HUGECTR)
-    monkeypatch.setenv("PYTHONPATH", f"{fake}")
+@pytest.fixture()
+def standin_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``hugectr`` for subprocesses is the stand-in; its calls land in the returned file."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "hugectr.py").write_text(SHIM)
+    log = tmp_path / "standin_calls.json"
+    monkeypatch.setenv("PYTHONPATH", str(shim))
+    monkeypatch.setenv(hugectr_standin.LOG_ENV, str(log))
     monkeypatch.setattr(capabilities, "has_hugectr", lambda: True)
-    result = hugectr_script.run(cfg, epochs=2, batch_size=256, mlp=(64, 32))
-    out_dir = Path(result["script"]).parent
-    return result, json.loads((out_dir / "model.json").read_text())
+    return log
 
 
-def test_generated_script_compiles_and_declares_every_slot(etl: Any, tmp_path: Path) -> None:
+def _calls(log: Path, name: str) -> list[dict[str, Any]]:
+    return [c for c in json.loads(log.read_text()) if c["call"] == name]
+
+
+def _build(etl: Any) -> list[dict[str, Any]]:
     _, etl_dir, schema = etl
-    script = generate_script(schema, etl_dir, tmp_path / "out", batch_size=128, mlp=(8, 4))
-    code = script.read_text()
-    compile(code, str(script), "exec")
-    assert f"slot_size_array={schema['slot_size_array']}" in code
-    assert "DistributedSlotSparseEmbeddingHash" in code and "BinaryCrossEntropyLoss" in code
-    groups = hugectr_script.embedding_groups(schema)
-    assert [s["name"] for g in groups for s in g["slots"]] == [s["name"] for s in schema["slots"]]
-    assert [g["modality"] for g in groups] == [None, "poster", "text"]
+    hugectr_standin.CALLS.clear()
+    sources = {p: str(etl_dir / p / "_file_list.txt") for p in ("train", "valid", "test")}
+    sparse = {m: str(etl_dir / i["sparse_model"]) for m, i in schema["pretrained"].items()}
+    nb.build_model(hugectr_standin, schema, sources, sparse, nb.TrainOptions(batch_size=64))
+    return list(hugectr_standin.CALLS)
 
 
-def test_recorded_run_matches_schema(etl: Any, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    _, etl_dir, schema = etl
-    result, log = _run_recorded(etl, tmp_path, monkeypatch)
-    assert result["engine"] == "hugectr" and result["auc"] == pytest.approx(0.75)
-    reader = log["reader"]
+def test_model_is_built_from_the_schema(etl: Any) -> None:
+    _, _, schema = etl
+    calls = _build(etl)
+    solver = next(c for c in calls if c["call"] == "CreateSolver")
+    assert solver["batchsize"] == solver["batchsize_eval"] == 64 and solver["i64_input_key"]
+    assert solver["max_eval_batches"] == math.ceil(schema["rows"]["valid"] / 64)
+    assert set(solver["metrics_spec"]) == {"MetricsType.AUC", "MetricsType.AverageLoss"}
+    reader = next(c for c in calls if c["call"] == "DataReaderParams")
     assert reader["slot_size_array"] == schema["slot_size_array"]
-    assert reader["data_reader_type"] == "Parquet" and reader["check_type"] == "Non"
-    for listed in [*reader["source"], reader["eval_source"]]:
-        lines = Path(listed).read_text().split()
-        assert int(lines[0]) == len(lines) - 1 and all(Path(p).exists() for p in lines[1:])
-    layers = log["layers"]
-    params = {p["args"][0]: p["args"] for p in layers[0]["data_reader_sparse_param_array"]}
-    nnz = [n for args in params.values() for n in args[1]]
-    assert nnz == [s["hotness"] for s in schema["slots"]]
-    assert sum(args[3] for args in params.values()) == len(schema["slots"])
-    embeddings = {e["sparse_embedding_name"]: e for e in layers if e["kind"] == "SparseEmbedding"}
-    for name, emb in embeddings.items():
-        assert emb["bottom_name"] in params and emb["combiner"] == "mean"
-        reshape = next(lay for lay in layers if lay.get("bottom_names") == [name])
-        assert reshape["layer_type"] == "Reshape"
-        assert reshape["leading_dim"] == emb["embedding_vec_size"] * params[emb["bottom_name"]][3]
+    assert reader["data_reader_type"] == "DataReaderType_t.Parquet"
+    added = [next(v for k, v in c.items() if k != "call")
+             for c in calls if c["call"] == "Model.add"]
+    params = {p["top_name"]: p for p in added[0]["data_reader_sparse_param_array"]}
+    assert [n for p in params.values() for n in p["nnz_per_slot"]] == \
+        [s["hotness"] for s in schema["slots"]]
+    assert sum(p["slot_num"] for p in params.values()) == len(schema["slots"])
+    embeddings = {e["sparse_embedding_name"]: e for e in added if e["kind"] == "SparseEmbedding"}
     for m, info in schema["pretrained"].items():
         assert embeddings[f"{m}_table"]["embedding_vec_size"] == info["dim"]
-    dense = [lay["num_output"] for lay in layers if lay.get("layer_type") == "InnerProduct"]
-    assert dense == [64, 32, 1]
-    assert layers[-1]["layer_type"] == "BinaryCrossEntropyLoss"
-    calls = [c[0] for c in log["calls"]]
-    assert calls.index("compile") < calls.index("load_sparse_weights") < calls.index("fit")
-    loaded = log["calls"][calls.index("load_sparse_weights")][1][0]
+    for name, emb in embeddings.items():
+        reshape = next(a for a in added if a.get("bottom_names") == [name])
+        slots = params[emb["bottom_name"]]["slot_num"]
+        assert reshape["leading_dim"] == emb["embedding_vec_size"] * slots
+    assert [a["num_output"] for a in added if a.get("layer_type") == "Layer_t.InnerProduct"] == \
+        [*nb.TrainOptions().mlp, 1]
+    assert added[-1]["layer_type"] == "Layer_t.BinaryCrossEntropyLoss"
+    order = [c["call"] for c in calls]
+    loaded = calls[order.index("Model.load_sparse_weights")]["sparse_embedding_files"]
     assert set(loaded) == {f"{m}_table" for m in schema["pretrained"]}
-    assert all((Path(p) / "key").exists() for p in loaded.values())
-    frozen = [c[1][0] for c in log["calls"] if c[0] == "freeze_embedding"]
+    frozen = [c["embedding_name"] for c in calls if c["call"] == "Model.freeze_embedding"]
     assert sorted(frozen) == sorted(loaded)
-    last_freeze = max(i for i, c in enumerate(calls) if c == "freeze_embedding")
-    assert calls.index("load_sparse_weights") < last_freeze < calls.index("fit")
+    assert order.index("Model.compile") < order.index("Model.load_sparse_weights") < \
+        order.index("Model.freeze_embedding")
 
 
-def test_validate_accepts_the_fixture(etl: Any) -> None:
+def test_standin_rejects_what_hugectr_2308_rejects(etl: Any) -> None:
+    s = hugectr_standin
+    with pytest.raises(TypeError, match="unknown \\['batch_size'\\]"):
+        s.CreateSolver(batch_size=8)  # 23.08 spells it batchsize
+    with pytest.raises(TypeError, match="missing \\['eval_source', 'check_type'\\]"):
+        s.DataReaderParams(data_reader_type=s.DataReaderType_t.Parquet, source=["a"])
+    with pytest.raises(AttributeError, match="no member 'Dense'"):
+        _ = s.Layer_t.Dense
+    with pytest.raises(ValueError, match="1024"):
+        s.SparseEmbedding(embedding_type=s.Embedding_t.DistributedSlotSparseEmbeddingHash,
+                          embedding_vec_size=1025, combiner="mean",
+                          sparse_embedding_name="t", bottom_name="k")
+    model = s.Model(s.CreateSolver(), None, s.CreateOptimizer())
+    with pytest.raises(RuntimeError, match="compile"):
+        model.fit(max_iter=10)
+    model.compile()
+    with pytest.raises(ValueError, match="No such embedding name: poster_table"):
+        model.load_sparse_weights({"poster_table": str(etl[1])})
+    with pytest.raises(ValueError, match="No such embedding name"):
+        model.freeze_embedding("text_table")
+
+
+def test_run_evaluates_whole_sets_snapshots_and_streams_the_log(
+        etl: Any, standin_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, _, schema = etl
+    result = hugectr_script.run(cfg, epochs=2, batch_size=64, mlp=(8, 4))
+    assert result["engine"] == "hugectr"
+    # the stand-in predicts each row's label: AUC 1 means predictions came back in file order
+    assert result["rows"] == schema["rows"]["test"] and result["auc"] == pytest.approx(1.0)
+    assert result["valid"]["rows"] == schema["rows"]["valid"]
+    assert result["valid"]["auc"] == pytest.approx(1.0)
+    steps = math.ceil(schema["rows"]["train"] / 64)
+    (fit,) = _calls(standin_path, "Model.fit")
+    assert fit["max_iter"] == 2 * steps and fit["eval_interval"] == steps
+    assert fit["snapshot"] == 0
+    (solver,) = _calls(standin_path, "CreateSolver")
+    assert solver["repeat_dataset"] is True
+    assert solver["max_eval_batches"] * 64 >= schema["rows"]["valid"] > \
+        (solver["max_eval_batches"] - 1) * 64  # every validation row, each evaluation
+    (saved,) = _calls(standin_path, "Model.save_params_to_files")
+    assert saved["iter"] == 2 * steps
+    out_dir = Path(result["script"]).parent
+    assert (out_dir / result["snapshot"]["dense"]).exists()
+    assert len(result["snapshot"]["sparse"]) == len(schema["pretrained"]) + 1
+    assert all((out_dir / p / "key").exists() for p in result["snapshot"]["sparse"])
+    for pred, part in zip(_calls(standin_path, "InferenceModel.predict"), ("valid", "test"),
+                          strict=True):
+        assert pred["num_batches"] == math.ceil(schema["rows"][part] / 64)
+        assert pred["slot_size_array"] == schema["slot_size_array"]
+    printed = capsys.readouterr().out
+    assert "mmlens: " in printed and "07 random (HugeCTR): valid AUC 1.0000" in printed
+    assert "mmlens: " in (out_dir / "hugectr.log").read_text()
+    saved_metrics = json.loads((cfg.dataset_dir / "metrics" / "07.json").read_text())
+    assert saved_metrics["random"]["valid"]["rows"] == schema["rows"]["valid"]
+
+
+def test_launcher_runs_after_the_data_volume_moved(etl: Any, standin_path: Path,
+                                                   tmp_path: Path) -> None:
+    cfg, _, schema = etl
+    script = Path(hugectr_script.run(cfg, epochs=1, batch_size=64, mlp=(4,))["script"])
+    old_root = cfg.data_dir.resolve()
+    moved = tmp_path / "mounted" / "elsewhere"
+    shutil.move(str(cfg.data_dir), str(moved))
+    launcher = moved / script.resolve().relative_to(old_root)
+    proc = subprocess.run([sys.executable, str(launcher)], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for part in ("train", "valid", "test"):
+        paths = file_list_paths(launcher.parent / f"{part}_file_list.txt")
+        assert paths and all(Path(p).is_absolute() and Path(p).exists() for p in paths)
+        assert all(Path(p).is_relative_to(moved.resolve()) for p in paths)
+    source = _calls(standin_path, "DataReaderParams")[0]["source"][0]
+    assert Path(source).is_relative_to(moved.resolve())
+    predictions = np.load(launcher.parent / "test_predictions.npy")
+    assert len(predictions) == schema["rows"]["test"]
+
+
+def test_slots_follow_the_index_field_not_the_list_order(etl: Any) -> None:
     _, etl_dir, schema = etl
+    meta_path = etl_dir / "valid" / "_metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["cats"] = meta["cats"][::-1]  # listed backwards, same indices: HugeCTR reads the same
+    meta_path.write_text(json.dumps(meta))
     validate_script_inputs(schema, etl_dir)
+    a, b = meta["cats"][0], meta["cats"][1]
+    a["index"], b["index"] = b["index"], a["index"]  # listed in order, but indices swapped
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ScriptInputError, match="ordered by index") as err:
+        validate_script_inputs(schema, etl_dir)
+    assert "has index" in str(err.value)  # and the indices no longer match the parquet columns
+
+
+def test_index_and_dtypes_must_match_the_parquet_file(etl: Any) -> None:
+    _, etl_dir, schema = etl
+    part = etl_dir / "test" / "part_0.parquet"
+    df = pd.read_parquet(part)
+    df["label"] = df["label"].astype("int8")
+    df[["label", *[c for c in df.columns if c != "label"]]].to_parquet(part, index=False)
+    with pytest.raises(ScriptInputError) as err:
+        validate_script_inputs(schema, etl_dir)
+    text = str(err.value)
+    assert "'label' has index" in text and "HugeCTR reads float32" in text
 
 
 def test_table_wider_than_1024_raises(etl: Any, tmp_path: Path) -> None:
     _, etl_dir, schema = etl
     schema["pretrained"]["poster"]["dim"] = 2048
     with pytest.raises(ScriptInputError, match="PCA"):
-        generate_script(schema, etl_dir, tmp_path / "out")
+        hugectr_script.check_vec_sizes(schema)
     with pytest.raises(ScriptInputError, match="1024"):
         validate_script_inputs(schema, etl_dir)
 

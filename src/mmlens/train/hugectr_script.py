@@ -1,55 +1,56 @@
-"""Stage 07: generate (and, in NVIDIA's Merlin HugeCTR container, run) a HugeCTR training script.
+"""Stage 07: train notebook 07's HugeCTR model in NVIDIA's Merlin HugeCTR container.
 
-The script reads the ETL parquet through HugeCTR's Parquet reader, keeps one trainable embedding
-group for the id/genre/year slots and one frozen table per pretrained modality (loaded from the
-sparse-model files of notebook 06), and trains an MLP with binary cross-entropy. Everything the
-reader will check is validated here first, without HugeCTR: slot columns, sizes, key offsets and
-vector widths. Without HugeCTR the same architecture trains in Keras.
+The model is notebook 07's code (``mmlens._nb.training_with_hugectr``): one trainable embedding
+table for the id/genre/year slots, one frozen table per pretrained modality, an MLP. This module
+checks, without HugeCTR, everything HugeCTR's Parquet reader will rely on (slot columns and their
+``index`` order in ``_metadata.json``, dtypes, sizes, key offsets, vector widths), writes the run
+file and a launcher, runs it as a subprocess whose log streams into the notebook line by line,
+and scores the valid and test predictions with :mod:`mmlens.train.evaluate`, the code that scores
+notebook 08. Without HugeCTR the same architecture trains in Keras instead, and says so.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from mmlens import artifacts, capabilities
 from mmlens.config import Config
+from mmlens.etl.hugectr_files import file_list_paths
 from mmlens.train import data, evaluate
 
 MAX_VEC_SIZE = 1024  # HugeCTR's limit on embedding_vec_size
 SCRIPT_NAME = "train_hugectr.py"
-METRICS_NAME = "hugectr_metrics.json"
-UNAVAILABLE = ("HugeCTR is not available (it ships only in NVIDIA's Merlin HugeCTR container): "
-               "training the same architecture in Keras instead")
+LOG_NAME = "hugectr.log"
+UNAVAILABLE = ("HugeCTR is not available (it ships only in NVIDIA's Merlin HugeCTR container and "
+               "needs a GPU): training the same architecture in Keras instead")
+LAUNCHER = '''"""HugeCTR training for mmlens split {split!r}: notebook 07's model (mmlens._nb).
+
+Run it in NVIDIA's Merlin HugeCTR container with mmlens installed: python {script}
+It reads {run_file} beside it; paths there are relative, so the data volume may move.
+"""
+import sys
+from pathlib import Path
+
+from mmlens.train import hugectr_runner
+
+sys.exit(hugectr_runner.main([str(Path(__file__).with_name({run_file!r}))]))
+'''
 
 
 class ScriptInputError(ValueError):
-    """The ETL output does not match what the HugeCTR script would declare."""
-
-
-def embedding_groups(schema: dict[str, Any]) -> list[dict[str, Any]]:
-    """Consecutive trainable slots form one group; each pretrained slot is its own group.
-
-    Groups follow slot order, which is the order HugeCTR's Parquet reader assigns keys to inputs.
-    """
-    by_slot = {info["slot"]: m for m, info in schema["pretrained"].items()}
-    groups: list[dict[str, Any]] = []
-    for slot in schema["slots"]:
-        modality = by_slot.get(slot["name"])
-        if modality is None and groups and groups[-1]["modality"] is None:
-            groups[-1]["slots"].append(slot)
-            continue
-        name = f"{modality}_table" if modality else f"trainable_{len(groups)}"
-        groups.append({"name": name, "input": f"{name}_keys", "modality": modality,
-                       "slots": [slot]})
-    return groups
+    """The ETL output does not match what the HugeCTR model would declare."""
 
 
 def check_vec_sizes(schema: dict[str, Any]) -> None:
@@ -63,161 +64,39 @@ def check_vec_sizes(schema: dict[str, Any]) -> None:
             )
 
 
-def _workspace_mb(rows: int, width: int, states: int = 3) -> int:
-    """Per-GPU workspace for a hash table: weights + optimizer states, with 2x headroom."""
-    return max(1, math.ceil(2 * rows * width * 4 * states / 2**20))
+def train_options(cfg: Config, **options: Any) -> Any:
+    """Notebook 07's ``TrainOptions`` with the run's seed."""
+    from mmlens._nb.training_with_hugectr import TrainOptions
+
+    return TrainOptions(seed=cfg.seed, **options)
 
 
-def generate_script(
-    schema: dict[str, Any],
-    etl_dir: Path,
-    out_dir: Path,
-    *,
-    batch_size: int = 2048,
-    lr: float = 1e-3,
-    epochs: int = 1,
-    max_iter: int | None = None,
-    mlp: Sequence[int] = (256, 128),
-    emb_dim: int = 32,
-    gpus: Sequence[int] = (0,),
-) -> Path:
-    """Write ``out_dir/train_hugectr.py`` and return its path.
+def write_launcher(schema: dict[str, Any], etl_dir: Path, out_dir: Path, opts: Any) -> Path:
+    """Write ``hugectr_run.json`` (options; the ETL directory relative to ``out_dir``) and the
+    ``train_hugectr.py`` that runs it; return the launcher."""
+    from mmlens.train.hugectr_runner import RUN_FILE
 
-    ``max_iter`` defaults to ``epochs`` passes over the train rows. The script writes its
-    evaluation metrics to ``hugectr_metrics.json``, snapshots under ``snapshots/`` and the graph
-    to ``model.json`` in ``out_dir``.
-    """
-    check_vec_sizes(schema)
-    etl_dir, out_dir = Path(etl_dir).resolve(), Path(out_dir).resolve()
-    train_dir = data.part_dir(etl_dir, schema, "train")
-    valid_dir = data.part_dir(etl_dir, schema, "valid")
-    train_rows = int(schema.get("rows", {}).get("train") or 0) or data.part_rows(train_dir)
-    if max_iter is None:
-        max_iter = max(1, epochs * math.ceil(train_rows / batch_size))
-    groups = embedding_groups(schema)
-    dense_dim = len(schema.get("dense", []))
-    lines = _header(schema, train_dir, valid_dir, batch_size, lr, gpus, out_dir)
-    lines += _inputs(groups, dense_dim)
-    concat: list[str] = []
-    for g in groups:
-        if g["modality"]:
-            width = int(schema["pretrained"][g["modality"]]["dim"])
-            rows = int(g["slots"][0]["cardinality"])
-        else:
-            width, rows = emb_dim, sum(int(s["cardinality"]) for s in g["slots"])
-        lines += _embedding(g["name"], g["input"], width, _workspace_mb(rows, width))
-        lines += _layer("Reshape", [g["name"]], [f"{g['name']}_flat"],
-                        leading_dim=width * len(g["slots"]))
-        concat.append(f"{g['name']}_flat")
-    if dense_dim:
-        concat.append("dense")
-    lines += _layer("Concat", concat, ["concat"])
-    bottom = "concat"
-    for i, units in enumerate(mlp):
-        lines += _layer("InnerProduct", [bottom], [f"fc{i}"], num_output=int(units))
-        lines += _layer("ReLU", [f"fc{i}"], [f"relu{i}"])
-        bottom = f"relu{i}"
-    lines += _layer("InnerProduct", [bottom], ["logit"], num_output=1)
-    lines += _layer("BinaryCrossEntropyLoss", ["logit", "label"], ["loss"])
-    lines += _footer(schema, etl_dir, groups, max_iter, train_rows, batch_size, out_dir)
-    script = "\n".join(lines) + "\n"
-    compile(script, SCRIPT_NAME, "exec")  # a generator bug fails here, not on the GPU box
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = {"etl_dir": os.path.relpath(Path(etl_dir).resolve(), Path(out_dir).resolve()),
+           "split": schema["split"], "options": asdict(opts)}
+    artifacts.write_json(out_dir / RUN_FILE, run)
     target = out_dir / SCRIPT_NAME
     with artifacts.atomic_path(target) as tmp:
-        tmp.write_text(script)
+        tmp.write_text(LAUNCHER.format(split=schema["split"], script=SCRIPT_NAME,
+                                       run_file=RUN_FILE))
     return target
-
-
-def _header(schema: dict[str, Any], train_dir: Path, valid_dir: Path, batch_size: int,
-            lr: float, gpus: Sequence[int], out_dir: Path) -> list[str]:
-    return [
-        '"""HugeCTR training script generated by mmlens (notebook 07). Run it inside the Merlin',
-        'HugeCTR container: python train_hugectr.py"""',
-        "import json",
-        "",
-        "import hugectr",
-        "",
-        "solver = hugectr.CreateSolver(",
-        f"    max_eval_batches=100, batchsize_eval={batch_size}, batchsize={batch_size},",
-        f"    lr={lr!r}, vvgpu=[{list(gpus)!r}], repeat_dataset=True, i64_input_key=True,",
-        "    use_mixed_precision=False,",
-        ")",
-        "reader = hugectr.DataReaderParams(",
-        "    data_reader_type=hugectr.DataReaderType_t.Parquet,",
-        f"    source=[{str(train_dir / '_file_list.txt')!r}],",
-        f"    eval_source={str(valid_dir / '_file_list.txt')!r},",
-        "    check_type=hugectr.Check_t.Non,",
-        f"    slot_size_array={[int(x) for x in schema['slot_size_array']]!r},",
-        ")",
-        "optimizer = hugectr.CreateOptimizer(optimizer_type=hugectr.Optimizer_t.Adam,",
-        "                                    update_type=hugectr.Update_t.Global,",
-        "                                    beta1=0.9, beta2=0.999, epsilon=1e-7)",
-        "model = hugectr.Model(solver, reader, optimizer)",
-        f"OUT_DIR = {str(out_dir)!r}",
-    ]
-
-
-def _inputs(groups: list[dict[str, Any]], dense_dim: int) -> list[str]:
-    lines = ["model.add(hugectr.Input(",
-             f"    label_dim=1, label_name='label', dense_dim={dense_dim}, dense_name='dense',",
-             "    data_reader_sparse_param_array=["]
-    for g in groups:
-        nnz = [int(s["hotness"]) for s in g["slots"]]
-        fixed = all(n == 1 for n in nnz)
-        lines.append(f"        hugectr.DataReaderSparseParam({g['input']!r}, {nnz!r}, {fixed}, "
-                     f"{len(nnz)}),")
-    return [*lines, "    ],", "))"]
-
-
-def _embedding(name: str, bottom: str, width: int, workspace_mb: int) -> list[str]:
-    return [
-        "model.add(hugectr.SparseEmbedding(",
-        "    embedding_type=hugectr.Embedding_t.DistributedSlotSparseEmbeddingHash,",
-        f"    workspace_size_per_gpu_in_mb={workspace_mb}, embedding_vec_size={width},",
-        f"    combiner='mean', sparse_embedding_name={name!r}, bottom_name={bottom!r},",
-        "    optimizer=optimizer,",
-        "))",
-    ]
-
-
-def _layer(kind: str, bottoms: list[str], tops: list[str], **kwargs: int) -> list[str]:
-    extra = "".join(f", {k}={v!r}" for k, v in kwargs.items())
-    return [f"model.add(hugectr.DenseLayer(layer_type=hugectr.Layer_t.{kind}, "
-            f"bottom_names={bottoms!r}, top_names={tops!r}{extra}))"]
-
-
-def _footer(schema: dict[str, Any], etl_dir: Path, groups: list[dict[str, Any]], max_iter: int,
-            train_rows: int, batch_size: int, out_dir: Path) -> list[str]:
-    pretrained = {g["name"]: str(etl_dir / schema["pretrained"][g["modality"]]["sparse_model"])
-                  for g in groups if g["modality"]}
-    eval_every = max(1, min(max_iter, math.ceil(train_rows / batch_size)))
-    lines = ["model.compile()", "model.summary()", "",
-             "# Pretrained content tables: load the sparse models written by notebook 06, freeze."]
-    lines.append(f"model.load_sparse_weights({pretrained!r})")
-    lines += [f"model.freeze_embedding({name!r})" for name in pretrained]
-    lines += [
-        "",
-        f"model.fit(max_iter={max_iter}, display={max(1, eval_every // 4)}, "
-        f"eval_interval={eval_every}, snapshot={max_iter}, "
-        f"snapshot_prefix=OUT_DIR + '/snapshots/mmlens')",
-        "model.graph_to_json(graph_config_file=OUT_DIR + '/model.json')",
-        "model.eval()",
-        "metrics = {name.lower(): float(value) for name, value in model.get_eval_metrics()}",
-        f"with open(OUT_DIR + '/{METRICS_NAME}', 'w') as f:",
-        "    json.dump(metrics, f, indent=2)",
-        "print('mmlens metrics:', json.dumps(metrics))",
-    ]
-    return lines
 
 
 def validate_script_inputs(schema: dict[str, Any], etl_dir: Path, *,
                            check_widths: bool = True) -> None:
-    """Check, without HugeCTR, everything the generated script relies on; raise ScriptInputError.
+    """Check, without HugeCTR, everything the model relies on; raise ScriptInputError.
 
-    Every slot column is declared in each part's ``_metadata.json`` cats, the label in its labels;
-    ``slot_size_array`` equals the slot cardinalities and offsets are their prefix sums; each
-    sparse-model key file holds keys inside ``[offset, offset + cardinality)`` and its vectors have
-    the table's width, which is at most 1024.
+    In each part's ``_metadata.json``, the ``cats`` ordered by ``index`` (the order in which
+    HugeCTR's Parquet reader assigns them to slots) are exactly the slot columns, each ``index``
+    is that column's position in the Parquet files, slots are int64 (lists of int64 for
+    multi-hot) and the label float32. ``slot_size_array`` equals the slot cardinalities and the
+    offsets are their prefix sums; each sparse-model key file holds keys inside
+    ``[offset, offset + cardinality)`` and its vectors have the table's width, at most 1024.
     """
     etl_dir = Path(etl_dir)
     slots = schema["slots"]
@@ -246,26 +125,46 @@ def validate_script_inputs(schema: dict[str, Any], etl_dir: Path, *,
         problems += _check_sparse_model(etl_dir / info["sparse_model"], m, int(info["dim"]),
                                         by_name[info["slot"]])
     if problems:
-        raise ScriptInputError("the ETL output does not fit the HugeCTR script:\n- "
+        raise ScriptInputError("the ETL output does not fit the HugeCTR model:\n- "
                                + "\n- ".join(problems))
 
 
 def _check_metadata(part_dir: Path, schema: dict[str, Any]) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     meta_path = part_dir / "_metadata.json"
     if not meta_path.exists():
         return [f"{meta_path} is missing"]
     meta = json.loads(meta_path.read_text())
-    cats = [c["col_name"] for c in meta.get("cats", [])]
+    by_index = [c["col_name"] for c in sorted(meta.get("cats", []), key=lambda c: c["index"])]
+    slot_columns = [s["column"] for s in schema["slots"]]
+    problems = [f"{meta_path}: slot column {c!r} is not declared in cats"
+                for c in slot_columns if c not in by_index]
+    if not problems and by_index != slot_columns:
+        problems.append(f"{meta_path}: cats ordered by index {by_index} differ from the slots "
+                        f"{slot_columns}")
     labels = [c["col_name"] for c in meta.get("labels", [])]
-    problems = [f"{meta_path}: slot column {s['column']!r} is not declared in cats"
-                for s in schema["slots"] if s["column"] not in cats]
-    declared = [c for c in cats if c in {s["column"] for s in schema["slots"]}]
-    if not problems and declared != [s["column"] for s in schema["slots"]]:
-        problems.append(f"{meta_path}: cats order {declared} differs from slot order")
     if schema["label"] not in labels:
         problems.append(f"{meta_path}: label {schema['label']!r} is not declared in labels")
-    if not (part_dir / "_file_list.txt").exists():
-        problems.append(f"{part_dir / '_file_list.txt'} is missing")
+    files = [part_dir / f["file_name"] for f in meta.get("file_stats", [])]
+    if not files or not files[0].exists():
+        return [*problems, f"{meta_path}: no readable parquet file listed in file_stats"]
+    arrow = pq.read_schema(files[0])
+    for c in [*meta.get("cats", []), *meta.get("labels", []), *meta.get("conts", [])]:
+        at = arrow.names[c["index"]] if 0 <= c["index"] < len(arrow.names) else None
+        if at != c["col_name"]:
+            problems.append(f"{meta_path}: {c['col_name']!r} has index {c['index']} but column "
+                            f"{c['index']} of {files[0].name} is {at!r}")
+    for name in slot_columns:
+        if name in arrow.names and arrow.field(name).type not in (pa.int64(),
+                                                                  pa.list_(pa.int64())):
+            problems.append(f"{files[0].name}: slot {name!r} is {arrow.field(name).type}, "
+                            "HugeCTR reads int64 keys")
+    label = schema["label"]
+    if label in arrow.names and arrow.field(label).type != pa.float32():
+        problems.append(f"{files[0].name}: label {label!r} is {arrow.field(label).type}, "
+                        "HugeCTR reads float32")
     return problems
 
 
@@ -299,17 +198,20 @@ def run(
     mlp: Sequence[int] = (256, 128),
     emb_dim: int = 32,
 ) -> dict[str, Any]:
-    """Notebook 07: generate the script into ``models/hugectr/<split>``, validate, train.
+    """Notebook 07: validate the ETL output, write the launcher into ``models/hugectr/<split>``,
+    train with HugeCTR where this machine has it (GPU + Merlin container), else train the
+    equivalent Keras model (same slots, frozen tables, same MLP).
 
-    Runs the script with HugeCTR when this machine has it (GPU + Merlin container); otherwise
-    trains the equivalent Keras model (same slots, frozen tables, same MLP). A pretrained table
-    wider than 1024 raises with HugeCTR; without it, no script is written (the reason is printed
-    and stored) and the Keras model still trains. Merges the result into
-    ``metrics/07.json[split]`` and returns it.
+    A pretrained table wider than 1024 raises with HugeCTR; without it, no launcher is written
+    (the reason is printed and stored) and the Keras model still trains. Merges the result into
+    ``metrics/07.json[split]`` and returns it: test ``auc``/``logloss``/``rows`` as notebook 08
+    reports them, and ``valid`` metrics.
     """
     etl_dir, schema = data.require_split(cfg, split)
     for m in schema["pretrained"]:
         artifacts.require(cfg, "sparse_model", split=split, modality=m)
+    opts = train_options(cfg, batch_size=batch_size, lr=lr, epochs=epochs,
+                         mlp=tuple(int(u) for u in mlp), emb_dim=emb_dim)
     use_hugectr = capabilities.has_hugectr()
     too_wide = None
     try:
@@ -322,48 +224,83 @@ def run(
     out_dir = artifacts.path(cfg, "hugectr_dir", split=split)
     script = None
     if too_wide:
-        print(f"07: no HugeCTR script written: {too_wide}")
+        print(f"07: no HugeCTR launcher written: {too_wide}")
     else:
-        script = generate_script(schema, etl_dir, out_dir, batch_size=batch_size, lr=lr,
-                                 epochs=epochs, mlp=mlp, emb_dim=emb_dim)
-        print(f"07 wrote {script} ({len(schema['slots'])} slots, "
-              f"{len(schema['pretrained'])} frozen tables)")
+        script = write_launcher(schema, etl_dir, out_dir, opts)
     if use_hugectr and script is not None:
-        metrics = _run_hugectr(script, out_dir)
+        print(f"07: training with HugeCTR ({len(schema['slots'])} slots, "
+              f"{len(schema['pretrained'])} frozen tables); its log follows")
+        run_hugectr(script)
+        metrics = score_predictions(out_dir, schema)
         metrics["engine"] = "hugectr"
     else:
         print(UNAVAILABLE)
-        metrics = _run_keras_equivalent(etl_dir, schema, cfg.seed, batch_size=batch_size,
-                                        lr=lr, epochs=epochs, mlp=mlp, emb_dim=emb_dim)
+        metrics = _run_keras_equivalent(etl_dir, schema, opts)
         metrics["engine"] = "keras"
     metrics["script"] = str(script) if script else None
     if too_wide:
         metrics["script_error"] = too_wide
     evaluate.update_metrics(cfg, "07", (split,), metrics)
-    auc = metrics.get("auc")
-    print(f"07 {split} ({metrics['engine']}): AUC {auc if auc is None else round(auc, 4)}")
+    print(_summary_line(split, metrics))
     return evaluate.clean(metrics)
 
 
-def _run_hugectr(script: Path, out_dir: Path) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, str(script)], cwd=out_dir, text=True,
-                          capture_output=True, check=False)
+def run_hugectr(script: Path) -> None:
+    """Run the launcher, copying its output here line by line (and into ``hugectr.log``)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    tail: deque[str] = deque(maxlen=30)
+    with subprocess.Popen([sys.executable, str(script)], cwd=script.parent, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1) as proc, \
+            open(script.parent / LOG_NAME, "w") as log:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            log.write(line)
+            tail.append(line.rstrip("\n"))
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
-        raise RuntimeError(f"HugeCTR training failed (exit {proc.returncode}):\n{tail}")
-    return dict(artifacts.read_json(out_dir / METRICS_NAME))
+        raise RuntimeError(f"HugeCTR training failed (exit {proc.returncode}):\n"
+                           + "\n".join(tail))
 
 
-def _run_keras_equivalent(etl_dir: Path, schema: dict[str, Any], seed: int, *, batch_size: int,
-                          lr: float, epochs: int, mlp: Sequence[int],
-                          emb_dim: int) -> dict[str, Any]:
+def score_predictions(out_dir: Path, schema: dict[str, Any]) -> dict[str, Any]:
+    """Score the runner's predictions with :func:`evaluate.pointwise_metrics`: the test part's
+    at the top level (as notebook 08 reports), the validation part's under ``valid``."""
+    from mmlens.train.hugectr_runner import RESULT_FILE
+
+    result = artifacts.read_json(out_dir / RESULT_FILE)
+    scored = {}
+    for part, info in result["parts"].items():
+        paths = file_list_paths(out_dir / info["file_list"])
+        labels = pd.concat([pd.read_parquet(p, columns=[schema["label"]]) for p in paths],
+                           ignore_index=True)[schema["label"]].to_numpy()
+        pred = np.load(out_dir / info["predictions"])
+        scored[part] = evaluate.pointwise_metrics(labels, pred)
+    metrics: dict[str, Any] = dict(scored["test"])
+    metrics["valid"] = scored["valid"]
+    metrics["iterations"] = result["iterations"]
+    metrics["snapshot"] = result["snapshot"]
+    return metrics
+
+
+def _summary_line(split: str, metrics: dict[str, Any]) -> str:
+    def fmt(m: dict[str, Any]) -> str:
+        auc = m.get("auc")
+        auc_text = "n/a" if auc is None or math.isnan(auc) else f"{auc:.4f}"
+        return f"AUC {auc_text}, logloss {m.get('logloss', float('nan')):.4f} ({m['rows']} rows)"
+
+    engine = "HugeCTR" if metrics["engine"] == "hugectr" else "Keras stand-in, not HugeCTR"
+    valid = f"valid {fmt(metrics['valid'])}; " if "valid" in metrics else ""
+    return f"07 {split} ({engine}): {valid}test {fmt(metrics)}"
+
+
+def _run_keras_equivalent(etl_dir: Path, schema: dict[str, Any], opts: Any) -> dict[str, Any]:
     from mmlens.train import keras_train
 
     _, metrics = keras_train.train_and_evaluate(
-        etl_dir, schema, variant="mlp", modalities=tuple(schema["pretrained"]), epochs=epochs,
-        seed=seed, batch_size=batch_size, lr=lr,
+        etl_dir, schema, variant="mlp", modalities=tuple(schema["pretrained"]),
+        epochs=opts.epochs, seed=opts.seed, batch_size=opts.batch_size, lr=opts.lr,
         unseen_items="keep",
-        model_options={"mlp": tuple(mlp), "emb_dim": emb_dim, "project_dim": None,
+        model_options={"mlp": tuple(opts.mlp), "emb_dim": opts.emb_dim, "project_dim": None,
                        "has_flags": False, "normalize": False, "tower": False,
                        "item_dropout": 0.0})
     return metrics
