@@ -40,6 +40,7 @@ from mmlens.enrich.imdb_page import PageInfo, decode_page, full_size_image_url
 from mmlens.enrich.manifest import MovieResult, Outcome, manifest_frame
 from mmlens.enrich.providers import Client, Movie, parse_title_page
 from mmlens.enrich.text import clean_synopsis
+from mmlens.errors import UserError
 from mmlens.net import RetryPolicy
 from mmlens.sample import Fault, serve
 
@@ -122,7 +123,11 @@ def test_clean_synopsis(raw: str, clean: str) -> None:
     assert clean_synopsis(raw) == clean
 
 
-@pytest.mark.parametrize("raw", [None, "", "   ", "<p></p>", "Add a Plot", "::Someone", 42])
+@pytest.mark.parametrize("raw", [
+    None, "", "   ", "<p></p>", "Add a Plot", "Add a plot &raquo;", "The plot is unknown.",
+    "Plot unknown at this time", "Add a plot in your language", "::Someone", 42,
+    "We don't have an overview translated in English. Help us expand our database by adding one.",
+])
 def test_clean_synopsis_empty_is_missing(raw: object) -> None:
     assert clean_synopsis(raw) is None
 
@@ -508,6 +513,18 @@ def test_rate_limiter_spaces_requests_per_host() -> None:
         RateLimiter(0)
 
 
+def test_rate_limiter_per_host_rates() -> None:
+    """A host with a published limit (TMDB: 40 req/s) runs at it; the others at the default."""
+    clock = FakeClock()
+    limiter = RateLimiter(4.0, clock=clock, sleep=clock.sleep, host_rates={"API.example": 40.0})
+    fast, slow = _starts(limiter, "api.example", 40), _starts(limiter, "www.example", 4)
+    assert round(fast[1] - fast[0], 9) == 0.025 and _busiest_second(fast) == 40
+    assert round(slow[1] - slow[0], 9) == 0.25
+    assert _busiest_second(fast + _starts(limiter, "api.example", 40)) <= 40
+    tmdb = TMDBProvider("https://api.example/3", "https://img.example/t/p", api_key="k")
+    assert tmdb.host_rates() == {"api.example": 40.0, "img.example": 40.0}
+
+
 def test_rate_limiter_holds_at_the_server_whatever_the_delays() -> None:
     """Requests that reach the server late (by up to 0.4 s) never crowd one second there."""
     rng = np.random.default_rng(7)
@@ -777,19 +794,24 @@ def test_invalid_api_key_gives_one_error_and_imdb_still_works(
 # --------------------------------------------------------------------------- whole stage
 
 
-def test_run_sample_default_matches_the_world(tmp_path: Path, truth: pd.DataFrame,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("imdb_pages", [False, True], ids=["tmdb-only", "imdb-opt-in"])
+def test_run_sample_matches_the_world(tmp_path: Path, truth: pd.DataFrame, imdb_pages: bool,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """TMDB alone by default; IMDb pages only when opted in, with the notice."""
     cfg = _sample_cfg(tmp_path, truth)
-    manifest = run(cfg, progress=False)  # starts the sample mirror itself
+    manifest = run(cfg, imdb_pages=imdb_pages, progress=False)  # starts the sample mirror itself
     assert list(manifest.columns) == MANIFEST_COLUMNS
     assert manifest["movieId"].tolist() == truth["movieId"].tolist()
     merged = manifest.merge(truth, on="movieId", suffixes=("", "_truth"))
+    expected = {m: merged[f"{m}_source_truth"].replace({} if imdb_pages else {"imdb": "none"})
+                for m in ("poster", "synopsis")}
+    assert (expected["poster"] == "imdb").any() == imdb_pages
     for m in ("poster", "synopsis"):
         got = merged[f"{m}_source"].where(merged[f"{m}_status"] == "ok", "none")
-        assert (got == merged[f"{m}_source_truth"]).all(), m
+        assert (got == expected[m]).all(), m
     synopses = pd.read_parquet(artifacts.require(cfg, "synopses"))
     check = synopses.merge(truth[["movieId", "synopsis"]], on="movieId")
-    assert len(check) == (truth["synopsis_source"] != "none").sum()
+    assert len(check) == (expected["synopsis"] != "none").sum()
     assert (check["synopsis_x"] == check["synopsis_y"]).all()
     ok = manifest[manifest["poster_status"] == "ok"]
     posters = artifacts.path(cfg, "posters_dir")
@@ -799,7 +821,23 @@ def test_run_sample_default_matches_the_world(tmp_path: Path, truth: pd.DataFram
     assert (ok["poster_bytes"] > 0).all() and ok["poster_sha256"].str.len().eq(64).all()
     table = coverage(manifest)
     assert table.groupby("modality")["movies"].sum().tolist() == [len(truth)] * 2
-    assert "02 enrich:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.count("conditions of use forbid scraping") == int(imdb_pages)
+    n_posters = int((expected["poster"] != "none").sum())
+    assert f"posters   {n_posters}/{len(truth)}" in out and "retried   0 requests" in out
+
+
+def test_real_run_needs_a_tmdb_key_and_one_way_to_ask_for_imdb(
+        tmp_path: Path, truth: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _sample_cfg(tmp_path, truth).with_(dataset="ml-latest-small")
+    movies = pd.read_parquet(artifacts.path(_sample_cfg(tmp_path, truth), "movies"))
+    artifacts.write_parquet(movies, artifacts.path(cfg, "movies"))
+    monkeypatch.delenv("TMDB_API_KEY", raising=False)
+    monkeypatch.delenv("TMDB_BEARER_TOKEN", raising=False)
+    with pytest.raises(UserError, match="TMDB_API_KEY"):
+        run(cfg, progress=False)
+    with pytest.raises(ValueError, match="name 'imdb'"):
+        run(cfg, providers=["imdb"], imdb_pages=True, progress=False)
 
 
 def test_manifest_frame_and_coverage_types() -> None:
@@ -875,3 +913,65 @@ def test_kill_and_resume(world: Path, truth: pd.DataFrame, tmp_path: Path) -> No
     key = mirror.tmdb_api_key.encode()
     assert not any(key in p.read_bytes() for p in data_dir.rglob("*") if p.is_file())
     assert key not in out + err
+
+
+TRANSIENT_SCRIPT = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from mmlens.config import Config
+    from mmlens.enrich import TMDBProvider, run
+    from mmlens.net import RetryPolicy
+    data_dir, api, img, key = sys.argv[1:5]
+    cfg = Config(data_dir=Path(data_dir), sample_profile="small")
+    run(cfg, providers=[TMDBProvider(api, img, api_key=key)], concurrency=2, rate_limit=40.0,
+        retry=RetryPolicy(max_attempts=1, connect_timeout=5.0, read_timeout=5.0), progress=False)
+""")
+
+
+def test_rerun_after_kill_retries_transient_failures_and_keeps_permanent_ones(
+        world: Path, truth: pd.DataFrame, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A poster whose connection was reset in a killed run is fetched by the rerun; 404s and
+    undecodable posters answered before the kill are not asked again."""
+    data_dir = tmp_path / "data"
+    cfg = _sample_cfg(data_dir, truth)
+    row = truth[truth["poster_source"] == "tmdb"].iloc[0]
+    record = artifacts.path(cfg, "enrich_cache") / "tmdb" / "poster" / f"{row['tmdbId']}.entry"
+    with serve(world, latency_s=0.01) as mirror:
+        mirror.add_fault(f"{row['tmdb_poster_path']}$", Fault("reset"))  # fails once
+        proc = subprocess.Popen(
+            [sys.executable, "-c", TRANSIENT_SCRIPT, str(data_dir), mirror.tmdb_api_base,
+             mirror.tmdb_image_base, mirror.tmdb_api_key],
+            env={**os.environ, "PYTHONPATH": str(SRC)}, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while not record.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        running = proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+        assert running, f"the run ended before it was killed: {err.decode()[-2000:]}"
+        assert CacheEntry.from_bytes(record.read_bytes()).outcome == "transient"
+        first = _settled(mirror)
+        transient = [p for p in artifacts.path(cfg, "enrich_cache").rglob("*.entry")
+                     if CacheEntry.from_bytes(p.read_bytes()).outcome == "transient"]
+        permanent = {r.path for r in mirror.requests if r.status == 404} | {
+            p for p in first for d in truth.loc[truth["poster_defect"] == "truncated",
+                                                "tmdb_poster_path"] if p.endswith(d)}
+
+        capsys.readouterr()
+        manifest = run(cfg, providers=[TMDBProvider(mirror.tmdb_api_base, mirror.tmdb_image_base,
+                                                    api_key=mirror.tmdb_api_key)],
+                       rate_limit=500.0, progress=False)
+        second = _settled(mirror)[len(first):]
+
+    got = manifest.set_index("movieId").loc[row["movieId"]]
+    assert (got["poster_status"], got["poster_source"]) == ("ok", "tmdb")
+    assert (artifacts.path(cfg, "posters_dir") / f"{row['movieId']}.jpg").exists()
+    assert second.count(f"/tmdb-img/t/p/w500{row['tmdb_poster_path']}") == 1
+    assert permanent and not permanent & set(second)  # 404s and bad images: answered for good
+    assert not (manifest["poster_status"] == "error").any()
+    out = capsys.readouterr().out
+    n = len(transient)
+    assert f"retried   {n} request{'s' if n != 1 else ''} that failed" in out
+    assert f"{n} now succeed" in out

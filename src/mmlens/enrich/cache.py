@@ -4,7 +4,8 @@ One file per entry, ``<root>/<provider>/<kind>/<id>.entry``: a JSON header line,
 Entries are written to a ``.tmp-`` sibling and renamed with ``os.replace``, so a run killed at any
 moment leaves either the complete entry or none (plus temp files that :meth:`clean_temp` removes).
 Definitive negatives (404, an undecodable image) are cached with an empty body, so a rerun does not
-fetch them again; transient failures are never cached. Keys never hold URLs or secrets.
+fetch them again; a transient failure is only recorded (outcome ``transient``), so that a rerun
+fetches it again and can say how many it retried. Keys never hold URLs or secrets.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class CacheKey:
 
 @dataclass
 class CacheEntry:
-    """A cached response: ``outcome`` is ``ok`` (body valid) or a negative (``not_found``, ...)."""
+    """A cached response: ``outcome`` is ``ok`` (body valid), a permanent negative (``not_found``,
+    ``invalid``) or ``transient`` (a passing failure, asked again by the next run)."""
 
     outcome: str
     status: int | None = None

@@ -2,7 +2,8 @@
 
 A provider's :meth:`Provider.lookup` returns a :class:`Found` (a poster reference and/or a raw
 synopsis) or raises :class:`FetchError`. All network access goes through :class:`Client`, which puts
-the response cache in front of the :class:`Fetcher`. Title pages are parsed in ``imdb_page``.
+the response cache in front of the :class:`Fetcher`. Title pages are parsed in ``imdb_page``; what
+is taken from a TMDB document is notebook 02's code (``mmlens._nb.data_enrichment``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
+from mmlens._nb.data_enrichment import TMDB_POSTER_SIZE, tmdb_fields, tmdb_movie_url
 from mmlens.enrich.cache import CacheEntry, CacheKey, ResponseCache
 from mmlens.enrich.fetch import MAX_DOCUMENT_BYTES, Fetcher, FetchError
 from mmlens.enrich.imdb_page import PageInfo, decode_page, parse_title_page  # noqa: F401
@@ -28,7 +30,12 @@ T = TypeVar("T")
 
 TMDB_API_BASE = "https://api.themoviedb.org/3"
 TMDB_IMAGE_BASE = "https://image.tmdb.org/t/p"
+# TMDB's rate-limiting page: the legacy limit (40 requests per 10 s) was disabled on 2019-12-16;
+# "upper limits ... sit somewhere in the 40 requests per second range" (answer 429 above it).
+TMDB_RATE = 40.0  # requests per second to each TMDB host (the API and the image server)
 IMDB_BASE = "https://www.imdb.com"
+PERMANENT = frozenset({"not_found", "invalid"})  # cached answers: a rerun keeps them
+TRANSIENT = "transient"  # a cached record of a passing failure: a rerun asks again
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
@@ -75,12 +82,20 @@ class ProviderDisabled(FetchError):
 
 
 class Client:
-    """Cache-first fetching: a cached answer (positive or negative) is never fetched again."""
+    """Cache-first fetching: a cached answer (a body or a permanent failure) is never fetched again.
+
+    A passing failure (connection error, timeout, 5xx or 429 after the retries, an HTML page where
+    an image was expected, a rejected key) is recorded as ``transient``: the next run asks again
+    and counts it in ``retried`` (and in ``mended`` when it then succeeds).
+    """
 
     def __init__(self, fetcher: Fetcher, cache: ResponseCache) -> None:
         self.fetcher = fetcher
         self.cache = cache
         self.hits = 0
+        self.retried = 0
+        self.mended = 0
+        self.transient = 0  # passing failures recorded in this run
         self._lock = threading.Lock()
 
     def fetch(self, key: CacheKey, url: str, validate: Callable[[bytes, str], T], *,
@@ -88,7 +103,8 @@ class Client:
               max_bytes: int = MAX_DOCUMENT_BYTES) -> tuple[T, int | None]:
         """``(validate(body, content_type), http_status)`` from the cache or the network."""
         entry = self.cache.get(key)
-        if entry is not None:
+        retry = entry is not None and entry.outcome not in PERMANENT and not entry.ok
+        if entry is not None and not retry:
             with self._lock:
                 self.hits += 1
             if not entry.ok:
@@ -97,24 +113,36 @@ class Client:
                 return validate(entry.body, entry.content_type), entry.status
             except InvalidContent:
                 self.cache.drop(key)  # stale rules or a damaged entry: fetch again
+        if retry:
+            with self._lock:
+                self.retried += 1
         try:
             got = self.fetcher.get(url, params=params, headers=headers, max_bytes=max_bytes)
         except FetchError as exc:
-            if exc.kind in ("not_found", "invalid"):
-                self.cache.put(key, CacheEntry(exc.kind, exc.status, error=str(exc),
-                                               url=self.fetcher.scrub(url)))
+            self._record(key, exc.kind if exc.kind in PERMANENT else TRANSIENT,
+                         CacheEntry("", exc.status, error=str(exc), url=self.fetcher.scrub(url)))
             raise
         try:
             value = validate(got.body, got.content_type)
         except InvalidContent as exc:
             message = f"{exc} ({got.url})"
-            if exc.definitive:
-                self.cache.put(key, CacheEntry("invalid", got.status, got.content_type, got.url,
-                                               error=message))
+            self._record(key, "invalid" if exc.definitive else TRANSIENT,
+                         CacheEntry("", got.status, got.content_type, got.url, error=message))
             raise FetchError("invalid", message, got.status) from None
         self.cache.put(key, CacheEntry("ok", got.status, got.content_type, got.url,
                                        body=got.body))
+        if retry:
+            with self._lock:
+                self.mended += 1
         return value, got.status
+
+    def _record(self, key: CacheKey, outcome: str, entry: CacheEntry) -> None:
+        """Cache a failure: a permanent answer, or a ``transient`` record for the next run."""
+        entry.outcome = outcome
+        self.cache.put(key, entry)
+        if outcome == TRANSIENT:
+            with self._lock:
+                self.transient += 1
 
 
 # --------------------------------------------------------------------------- providers
@@ -129,6 +157,10 @@ class Provider:
     def lookup(self, movie: Movie, client: Client) -> Found:
         raise NotImplementedError
 
+    def host_rates(self) -> dict[str, float]:
+        """Requests per second that this provider's hosts publish (``netloc`` -> rate)."""
+        return {}
+
     def secrets(self) -> list[str]:
         """Values that must never appear in messages or files."""
         return []
@@ -138,7 +170,8 @@ class Provider:
 
 
 class TMDBProvider(Provider):
-    """TMDB API v3 ``/movie/{tmdbId}``: ``poster_path`` and ``overview``.
+    """TMDB API v3 ``/movie/{tmdbId}``: ``poster_path`` and ``overview`` (notebook 02's
+    ``tmdb_movie_url`` and ``tmdb_fields``), at most :data:`TMDB_RATE` requests per second per host.
 
     The key comes from ``api_key``, else ``TMDB_API_KEY`` (sent as the ``api_key`` query parameter)
     or ``TMDB_BEARER_TOKEN`` (an ``Authorization: Bearer`` header). It is never logged, cached or
@@ -148,7 +181,7 @@ class TMDBProvider(Provider):
     name = "tmdb"
 
     def __init__(self, api_base: str = TMDB_API_BASE, image_base: str = TMDB_IMAGE_BASE,
-                 size: str = "w500", api_key: str | None = None,
+                 size: str = TMDB_POSTER_SIZE, api_key: str | None = None,
                  bearer_token: str | None = None) -> None:
         self.api_base = api_base.rstrip("/")
         self.image_base = image_base.rstrip("/")
@@ -166,6 +199,9 @@ class TMDBProvider(Provider):
     def configured() -> bool:
         """Whether a TMDB key is set in the environment."""
         return bool(os.environ.get("TMDB_API_KEY") or os.environ.get("TMDB_BEARER_TOKEN"))
+
+    def host_rates(self) -> dict[str, float]:
+        return {urlsplit(u).netloc.lower(): TMDB_RATE for u in (self.api_base, self.image_base)}
 
     def secrets(self) -> list[str]:
         return [s for s in (self._key, self._bearer) if s]
@@ -193,20 +229,16 @@ class TMDBProvider(Provider):
         headers = {**(headers or {}), "Accept": "application/json"}
         try:
             doc, status = client.fetch(CacheKey(self.name, "movie", str(movie.tmdb_id)),
-                                       f"{self.api_base}/movie/{movie.tmdb_id}", parse_json_object,
-                                       params=params, headers=headers)
+                                       tmdb_movie_url(self.api_base, movie.tmdb_id),
+                                       parse_json_object, params=params, headers=headers)
         except FetchError as exc:
             if exc.kind == "unauthorized":
                 self._disable(exc.status)
                 raise ProviderDisabled(self._disabled or "TMDB disabled", exc.status) from None
             raise
-        poster_path = doc.get("poster_path")
-        url = None
-        if isinstance(poster_path, str) and poster_path.strip():
-            url = f"{self.image_base}/{self.size}/{poster_path.strip().lstrip('/')}"
-        overview = doc.get("overview")
+        url, overview = tmdb_fields(doc, self.image_base, self.size)
         return Found(poster_url=url, poster_key=CacheKey(self.name, "poster", str(movie.tmdb_id)),
-                     synopsis=overview if isinstance(overview, str) else None, status=status)
+                     synopsis=overview, status=status)
 
     def __repr__(self) -> str:
         return f"TMDBProvider(api_base={self.api_base!r}, image_base={self.image_base!r})"
