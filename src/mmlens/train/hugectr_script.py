@@ -294,13 +294,18 @@ def _summary_line(split: str, metrics: dict[str, Any]) -> str:
 
 
 def _run_keras_equivalent(etl_dir: Path, schema: dict[str, Any], opts: Any) -> dict[str, Any]:
+    """The same architecture in Keras, reported like the HugeCTR run: test metrics at the top
+    level, the whole validation part's under ``valid``."""
     from mmlens.train import keras_train
 
-    _, metrics = keras_train.train_and_evaluate(
-        etl_dir, schema, variant="mlp", modalities=tuple(schema["pretrained"]),
+    modalities = tuple(schema["pretrained"])
+    model, metrics = keras_train.train_and_evaluate(
+        etl_dir, schema, variant="mlp", modalities=modalities,
         epochs=opts.epochs, seed=opts.seed, batch_size=opts.batch_size, lr=opts.lr,
         unseen_items="keep",
         model_options={"mlp": tuple(opts.mlp), "emb_dim": opts.emb_dim, "project_dim": None,
                        "has_flags": False, "normalize": False, "tower": False,
                        "item_dropout": 0.0})
+    metrics["valid"] = evaluate.pointwise_metrics(*keras_train.score_part(
+        model, etl_dir, schema, "valid", modalities, metrics["batch_size"]))
     return metrics
