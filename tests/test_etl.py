@@ -164,6 +164,24 @@ def test_saved_workflow_reloads_and_encodes_the_catalog(cfg: Config) -> None:
     assert (mapping.loc[codes.to_numpy()].to_numpy() == items["movieId"].to_numpy()).all()
 
 
+def test_the_notebook_graph_fitted_by_hand_matches_the_batch_run(cfg: Config,
+                                                                tmp_path: Path) -> None:
+    """What a reader runs in notebook 06 (build_workflow, fit, transform) is the stage's output."""
+    import nvtabular as nvt
+
+    from mmlens._nb.etl_with_nvtabular import build_workflow, hugectr_slots
+
+    items = pd.read_parquet(artifacts.path(cfg, "items"))
+    split_dir = artifacts.path(cfg, "split", split="cold-items")
+    workflow = build_workflow(items, ("poster", "text"), str(tmp_path / "fit"))
+    workflow.fit(nvt.Dataset(str(split_dir / "train.parquet"), cpu=True))
+    test = workflow.transform(nvt.Dataset(str(split_dir / "test.parquet"), cpu=True))
+    pd.testing.assert_frame_equal(test.to_ddf().compute().reset_index(drop=True),
+                                  etl.read_etl_part(cfg, "cold-items", "test"), check_dtype=False)
+    slots = hugectr_slots(workflow, items, ("poster", "text"))
+    assert slots.to_dict("records") == _schema(cfg, "cold-items")["slots"]
+
+
 def test_alignment_check_is_all_equal(cfg: Config) -> None:
     table = etl.alignment_check(cfg, "cold-items", n=12)
     assert len(table) == 12 * 2 and table["equal"].all()

@@ -5,6 +5,8 @@ Per split, under ``etl/<split>/``: the fitted workflow, ``train``/``valid``/``te
 read from the saved workflow (reserved rows zero), HugeCTR sparse-model dirs whose keys carry the
 slot offsets, and ``schema.json`` (the contract 07/08/09 read). NVTabular runs on cuDF when cuDF
 and a GPU are present, else on pandas; ``workers``/``scheduler`` run it on a Dask cluster.
+The workflow graph and the slot table are notebook 06's ``#@save`` functions
+(``mmlens._nb.etl_with_nvtabular``, imported when a split runs: NVTabular is slow to import).
 
 Inputs are read in partitions of about ``PART_SIZE`` (whole parquet row groups), not NVTabular's
 default of an eighth of the machine's memory: peak memory then does not grow with the split size
@@ -14,7 +16,9 @@ or the machine (ml-25m: ~11.7 GB peak with the default on a 24 GB machine, see b
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,15 +36,7 @@ from mmlens.etl.hugectr_files import (
     slot_layout,
     write_sparse_model,
 )
-from mmlens.etl.workflow import (
-    LABEL,
-    RATING,
-    build_workflow,
-    cardinalities,
-    category_mapping,
-    reserved_codes,
-    slot_specs,
-)
+from mmlens.etl.workflow import LABEL, RATING, category_mapping, reserved_codes
 from mmlens.splits import PARTS
 
 __all__ = ["alignment_check", "read_etl_part", "read_sparse_model", "run", "slot_layout"]
@@ -63,16 +59,27 @@ def run(cfg: Config, *, splits: tuple[str, ...] | list[str] = ("random", "cold-i
     tables = {m: np.load(artifacts.require(cfg, "pretrained", modality=m)) for m in modalities}
     split_dirs = {s: artifacts.require(cfg, "split", split=s) for s in splits}
     cpu = not capabilities.has_cudf()
-    print(f"NVTabular on {'CPU (pandas)' if cpu else 'GPU (cuDF)'}, modalities: "
+    print(f"NVTabular on {'CPU (pandas)' if cpu else 'GPU (cuDF)'}; pretrained tables: "
           f"{', '.join(modalities) or 'none'}")
     results = {}
     with dask_context(workers, scheduler, gpu=not cpu) as client:
         for split, split_dir in split_dirs.items():
+            start = time.perf_counter()
             results[split] = _etl_split(cfg, split, split_dir, items, tables, cpu, client)
-            rows = results[split]["rows"]
-            print(f"{split}: " + ", ".join(f"{p} {n}" for p, n in rows.items())
-                  + f" rows; slot sizes {results[split]['slot_size_array']}")
+            print(_describe_split(cfg, results[split], time.perf_counter() - start))
     return results
+
+
+def _describe_split(cfg: Config, schema: dict[str, Any], seconds: float) -> str:
+    """Two lines about one split's ETL: rows and bytes written, slot sizes, tables, time."""
+    root = artifacts.path(cfg, "etl_schema", split=schema["split"]).parent
+    megabytes = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 1e6
+    rows = " / ".join(str(n) for n in schema["rows"].values())
+    sizes = {slot["name"]: slot["cardinality"] for slot in schema["slots"]}
+    tables = ", ".join(f"{m} {sizes[m]}x{info['dim']}" for m, info in schema["pretrained"].items())
+    return (f"{schema['split']}: train/valid/test {rows} rows encoded, {megabytes:.1f} MB written "
+            f"in {seconds:.1f} s\n  slot_size_array {schema['slot_size_array']}; pretrained "
+            f"tables re-ordered to the movie codes: {tables or 'none'}")
 
 
 @contextlib.contextmanager
@@ -113,16 +120,17 @@ def _etl_split(cfg: Config, split: str, split_dir: Path, items: pd.DataFrame,
                tables: dict[str, np.ndarray], cpu: bool, client: Any) -> dict[str, Any]:
     import nvtabular as nvt
 
+    from mmlens._nb.etl_with_nvtabular import build_workflow, hugectr_slots
+
     root = artifacts.path(cfg, "etl_schema", split=split).parent
     modalities = tuple(tables)
-    specs = slot_specs(modalities)
     with artifacts.atomic_path(root) as tmp:
         tmp.mkdir()
 
         def staged(name: str, **fmt: str) -> Path:
             return tmp / artifacts.path(cfg, name, split=split, **fmt).relative_to(root)
 
-        workflow = build_workflow(items, modalities, tmp / "_fit")
+        workflow = build_workflow(items, modalities, str(tmp / "_fit"))
         workflow.fit(_dataset(split_dir / "train.parquet", cpu))
         wf_dir = staged("workflow")
         workflow.save(str(wf_dir))
@@ -131,7 +139,8 @@ def _etl_split(cfg: Config, split: str, split_dir: Path, items: pd.DataFrame,
         if loaded.output_schema.column_names != workflow.output_schema.column_names:
             raise RuntimeError(f"the saved workflow {wf_dir} does not reload to the same outputs")
 
-        cats = [s.column for s in specs]
+        slots = hugectr_slots(loaded, items, modalities)
+        cats = slots["column"].tolist()
         rows = {}
         for part in PARTS:
             out = staged("etl_output", part=part)
@@ -142,23 +151,22 @@ def _etl_split(cfg: Config, split: str, split_dir: Path, items: pd.DataFrame,
             meta = artifacts.read_json(out / "_metadata.json")
             rows[part] = sum(int(f["num_rows"]) for f in meta["file_stats"])
 
-        sizes = cardinalities(loaded, cats)
-        offsets = slot_layout([sizes[c] for c in cats])
+        by_name = slots.set_index("name")
+        n_codes = int(by_name.loc["movieId", "cardinality"])
         reserved = reserved_codes(wf_dir, "movieId")
-        codes = _movie_codes(wf_dir, items, sizes["movieId"], reserved["unique"])
+        codes = _movie_codes(wf_dir, items, n_codes, reserved["unique"])
         pretrained = {}
         for m, table in tables.items():
-            slot = cats.index(f"{m}_id")
-            by_code = reorder_to_codes(table, codes, sizes["movieId"])
+            by_code = reorder_to_codes(table, codes, n_codes)
             table_path = staged("etl_pretrained", modality=m)
             np.save(table_path, by_code)
-            keys = np.arange(len(by_code), dtype=np.int64) + offsets[slot]
+            keys = np.arange(len(by_code), dtype=np.int64) + int(by_name.loc[m, "offset"])
             sparse = staged("sparse_model", modality=m)
             write_sparse_model(sparse, keys, by_code)
             pretrained[m] = {"slot": m, "dim": int(by_code.shape[1]), "table": table_path.name,
                              "sparse_model": str(sparse.relative_to(tmp)),
                              "has_column": f"has_{m}"}
-        schema = _schema(split, specs, sizes, offsets, items, pretrained, rows, reserved)
+        schema = _schema(split, slots, pretrained, rows, reserved)
         if split == "cold-items":
             definition = artifacts.read_json(split_dir / "split.json")["definition"]
             schema["cold_movie_codes"] = _codes_of(codes, definition["test_movies"])
@@ -209,16 +217,12 @@ def _codes_of(codes: pd.Series, movie_ids: list[int]) -> list[int]:
     return sorted(int(c) for c in codes.loc[movie_ids])
 
 
-def _schema(split: str, specs: list, sizes: dict[str, int], offsets: list[int],
-            items: pd.DataFrame, pretrained: dict, rows: dict[str, int],
+def _schema(split: str, slots: pd.DataFrame, pretrained: dict, rows: dict[str, int],
             reserved: dict[str, int]) -> dict[str, Any]:
-    hotness = {"genres": max(1, int(items["genres"].map(len).max()))}
-    slots = [{"name": s.name, "column": s.column, "cardinality": sizes[s.column],
-              "offset": off, "hotness": hotness.get(s.column, 1)}
-             for s, off in zip(specs, offsets, strict=True)]
+    records = json.loads(slots.to_json(orient="records"))  # plain ints for the json file
     return {
-        "split": split, "label": LABEL, "rating": RATING, "dense": [], "slots": slots,
-        "slot_size_array": [s["cardinality"] for s in slots], "pretrained": pretrained,
+        "split": split, "label": LABEL, "rating": RATING, "dense": [], "slots": records,
+        "slot_size_array": [s["cardinality"] for s in records], "pretrained": pretrained,
         "parts": {p: p for p in PARTS}, "rows": rows,
         "reserved_codes": {k: v for k, v in reserved.items() if k != "unique"},
         "first_value_code": reserved.get("unique"),

@@ -1,85 +1,20 @@
-"""The NVTabular workflow of stage 06 and what is read back from a saved one.
+"""What stage 06 reads back from a fitted or saved NVTabular workflow.
 
-Vocabularies: userId is fitted on the split's train part only (a user first seen later is OOV);
-movieId, genres and year decades come from the whole catalog (``items.parquet``) through
-Categorify's ``vocabs``, so a cold movie has a code and, with it, its content rows.
-NVTabular is imported inside functions: it is heavy and pulls in TensorFlow when present.
+The workflow itself (``build_workflow``: vocabularies fitted on train for users and on the whole
+catalog for movies, genres and decades) and the HugeCTR slot table are notebook 06's ``#@save``
+functions, in ``mmlens._nb.etl_with_nvtabular``. This module reads what NVTabular wrote: each
+column's cardinality, the code -> value mapping and the reserved codes of Categorify.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from mmlens.etl import ops
-
 LABEL = "label"
 RATING = "rating"
-
-
-@dataclass(frozen=True)
-class SlotSpec:
-    """A categorical HugeCTR slot and the ETL column that feeds it."""
-
-    name: str
-    column: str
-
-
-def slot_specs(modalities: tuple[str, ...]) -> list[SlotSpec]:
-    """Slots in HugeCTR order: user, movie, genres, year, then one per pretrained modality."""
-    base = [SlotSpec("userId", "userId"), SlotSpec("movieId", "movieId"),
-            SlotSpec("genres", "genres"), SlotSpec("year", "year_bucket")]
-    return base + [SlotSpec(m, f"{m}_id") for m in modalities]
-
-
-def catalog_vocabularies(items: pd.DataFrame) -> dict[str, pd.Series]:
-    """movieId in catalog order, sorted genres and sorted decades of the whole catalog."""
-    genres = sorted({g for gs in items["genres"] for g in gs})
-    decades = sorted(set(ops.year_to_decade(items["year"].dropna()).tolist()))
-    return {
-        "movieId": items["movieId"].reset_index(drop=True),
-        "genres": pd.Series(genres, dtype="object"),
-        "year_bucket": pd.Series(decades, dtype="float64"),
-    }
-
-
-def join_table(items: pd.DataFrame, modalities: tuple[str, ...]) -> pd.DataFrame:
-    """The item columns joined onto every rating (flags as int8)."""
-    table = items[["movieId", "genres", "year"]].copy()
-    for m in modalities:
-        table[f"has_{m}"] = items[f"has_{m}"].astype("int8")
-    return table
-
-
-def build_workflow(items: pd.DataFrame, modalities: tuple[str, ...], fit_dir: Path) -> Any:
-    """An unfitted workflow; Categorify writes its statistics under ``fit_dir``."""
-    import nvtabular as nvt
-    from nvtabular import ops as nvt_ops
-
-    vocabs = catalog_vocabularies(items)
-    out = str(fit_dir)
-    table = join_table(items, modalities)
-    joined = ["movieId"] >> nvt_ops.JoinExternal(table, on="movieId", how="left",
-                                                 columns_ext=list(table.columns))
-    users = ["userId"] >> nvt_ops.Categorify(out_path=out)
-    movies = joined["movieId"] >> nvt_ops.Categorify(
-        vocabs={"movieId": vocabs["movieId"]}, out_path=out)
-    genres = joined["genres"] >> nvt_ops.Categorify(
-        vocabs={"genres": vocabs["genres"]}, out_path=out)
-    year = (joined["year"] >> nvt_ops.LambdaOp(ops.year_to_decade)
-            >> nvt_ops.Rename(name="year_bucket")
-            >> nvt_ops.Categorify(vocabs={"year_bucket": vocabs["year_bucket"]}, out_path=out))
-    features = users + movies + genres + year
-    for m in modalities:
-        features += movies >> nvt_ops.LambdaOp(ops.copy_codes) >> nvt_ops.Rename(name=f"{m}_id")
-    flags = [f"has_{m}" for m in modalities]
-    if flags:
-        features += joined[flags]
-    label = [LABEL] >> nvt_ops.LambdaOp(ops.to_float32)
-    return nvt.Workflow(features + label + [RATING])
 
 
 def cardinalities(workflow: Any, columns: list[str]) -> dict[str, int]:
@@ -113,6 +48,7 @@ def category_mapping(workflow_dir: Path, column: str) -> pd.Series:
 
 
 def reserved_codes(workflow_dir: Path, column: str) -> dict[str, int]:
-    """First code of each kind (pad, null, oov, unique) from ``meta.<column>.parquet``."""
+    """First code of each kind, from ``meta.<column>.parquet`` (NVTabular 23.8: pad 0, null 1,
+    oov 2, unique 3: the first real value)."""
     meta = pd.read_parquet(Path(workflow_dir) / "categories" / f"meta.{column}.parquet")
     return {str(k): int(o) for k, o in zip(meta["kind"], meta["offset"], strict=True)}
