@@ -1,7 +1,7 @@
 """Stage 01: download a MovieLens release, verify it, and convert it to the common schema.
 
-``run(cfg)`` is what notebook 01 and ``python -m mmlens 01`` call; ``describe(cfg)`` summarizes the
-converted tables for the notebook.
+``run(cfg)`` is what notebook 01 and ``python -m mmlens 01`` call; the notebook then reads the
+tables back and checks them in the open.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from mmlens import __version__, artifacts
 from mmlens.config import Config
@@ -42,7 +41,7 @@ from mmlens.net import HTTPError, UnreachableError, redact_url
 # under the same names, which would shadow the modules.
 __all__ = [
     "RELEASES", "ChecksumError", "ConvertError", "DownloadError", "ExtractError", "Release",
-    "UnknownReleaseError", "convert", "describe", "download", "extract", "get_release", "run",
+    "UnknownReleaseError", "convert", "download", "extract", "get_release", "run",
 ]
 
 OUTPUTS = ("movies", "ratings", "tags", "convert_report")
@@ -248,37 +247,3 @@ def _print_summary(report: dict[str, Any]) -> None:
         print(line)
     for name, m in report["expected_mismatches"].items():
         print(f"note: {name} = {m['actual']:,}, the release is documented with {m['expected']:,}")
-
-
-QUANTILES = (0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
-
-
-def describe(cfg: Config) -> dict[str, Any]:
-    """Counts the notebook shows: users, movies, ratings, tags, rating histogram, long tail."""
-    movies = pd.read_parquet(artifacts.require(cfg, "movies"))
-    ratings = pd.read_parquet(artifacts.require(cfg, "ratings"))
-    tags = pd.read_parquet(artifacts.require(cfg, "tags"), columns=["movieId"])
-    per_user = ratings.groupby("userId").size()
-    per_movie = ratings.groupby("movieId").size()
-    n_users, n_movies = int(per_user.size), int(len(movies))
-    hist = ratings["rating"].value_counts().sort_index()
-    return {
-        "users": n_users,
-        "movies": n_movies,
-        "rated_movies": int(per_movie.size),
-        "ratings": int(len(ratings)),
-        "tags": int(len(tags)),
-        "density": float(len(ratings) / (n_users * n_movies)) if n_users and n_movies else 0.0,
-        "movies_with_imdbId": int(movies["imdbId"].notna().sum()),
-        "movies_with_tmdbId": int(movies["tmdbId"].notna().sum()),
-        "movies_without_genres": int((movies["genres"].map(len) == 0).sum()),
-        "rating_histogram": {float(k): int(v) for k, v in hist.items()},
-        "ratings_per_user_quantiles": _quantiles(per_user),
-        "ratings_per_movie_quantiles": _quantiles(per_movie),
-    }
-
-
-def _quantiles(counts: pd.Series) -> dict[str, float]:
-    if counts.empty:
-        return {}
-    return {f"q{int(q * 100):02d}": float(counts.quantile(q)) for q in QUANTILES}

@@ -156,8 +156,9 @@ def is_verified(dest: Path, md5: str | None) -> bool:
 def _fetch_to_part(session: requests.Session, url: str, part: Path, retry: RetryPolicy) -> str:
     """Fill ``part`` with the whole body of ``url``; return its md5."""
     failures = 0
+    # One bar for all attempts, shown only for a download that takes longer than a second.
     with tqdm(desc=part.name.removesuffix(".part"), unit="B", unit_scale=True,
-              unit_divisor=1024, miniters=1) as bar:
+              unit_divisor=1024, miniters=1, delay=1.0) as bar:
         while True:
             start = part.stat().st_size if part.exists() else 0
             try:
@@ -205,8 +206,8 @@ def _attempt(
         digest = _md5_prefix(part, start)
         length = resp.headers.get("Content-Length")
         total = start + int(length) if length and length.isdigit() else None
-        bar.reset(total=total)
-        bar.update(start)
+        bar.total = total
+        bar.n = bar.last_print_n = start  # the bytes already in the part file
         with _BackgroundHash(digest) as hasher:
             received = _stream_body(resp, part, start, hasher, bar)
         if total is not None and start + received < total:
