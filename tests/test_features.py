@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mmlens import artifacts
+from mmlens import artifacts, cli
 from mmlens.artifacts import MissingArtifactError
 from mmlens.config import Config
 from mmlens.errors import UserError
@@ -29,8 +30,8 @@ def tiny_resnet() -> transformers.ResNetConfig:
     return transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])
 
 
-def make_cfg(root: Path) -> Config:
-    return Config(data_dir=root, dataset="sample", sample_profile="test", seed=3, device="cpu")
+def make_cfg(root: Path, dataset: str = "sample") -> Config:
+    return Config(data_dir=root, dataset=dataset, sample_profile="test", seed=3, device="cpu")
 
 
 def write_movies(cfg: Config, ids: list[int]) -> None:
@@ -274,11 +275,16 @@ def test_real_resnet50_config_on_two_images(tmp_path: Path,
     assert "ResNet-50 (random init)" in summary and "2 vectors computed" in summary
 
 
+def offline_hub(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model hub switched off; ``cache`` (empty unless filled) is the Hugging Face cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+
 def real_cfg(root: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
     """A real (non-sample) dataset with two posters; the hub switched off, an empty HF cache."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root / "hf-cache"))
-    cfg = Config(data_dir=root, dataset="ml-latest-small", seed=3, device="cpu")
+    offline_hub(root / "hf-cache", monkeypatch)
+    cfg = make_cfg(root, "ml-latest-small")
     write_movies(cfg, [1, 2])
     save_poster(cfg, 1, poster(1))
     save_poster(cfg, 2, poster(2, mode="L"))
@@ -286,7 +292,8 @@ def real_cfg(root: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
 
 
 def test_real_dataset_without_weights_stops_with_one_line(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     cfg = real_cfg(tmp_path, monkeypatch)
     with pytest.raises(WeightsUnavailableError) as caught:
         image.run(cfg, num_workers=0)
@@ -296,6 +303,10 @@ def test_real_dataset_without_weights_stops_with_one_line(
                    "random_init=True"):
         assert needed in message
     assert not artifacts.path(cfg, "embeddings", modality="poster").exists()
+    status = cli.main(["03", "--data-dir", str(tmp_path), "--dataset", cfg.dataset,
+                       "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and err.count("\n") == 0 and "weights_dir=" in err  # no traceback
 
 
 def test_real_dataset_explicit_random_init_is_labelled(
@@ -370,8 +381,8 @@ LONG = ("A retired lighthouse keeper discovers that the ships he once guided wer
         "Along the way he meets a cartographer who has been erasing towns from the world.")
 
 
-def text_world(root: Path) -> Config:
-    cfg = make_cfg(root)
+def text_world(root: Path, dataset: str = "sample") -> Config:
+    cfg = make_cfg(root, dataset)
     write_movies(cfg, [1, 2, 3, 4, 5, 6])
     synopses = pd.DataFrame({
         "movieId": np.array([1, 2, 3, 4, 6], dtype=np.int32),
@@ -411,6 +422,38 @@ def test_text_stage_real_minilm(tmp_path: Path, minilm: tuple[object, object]) -
     np.testing.assert_allclose(emb[0], ref / np.linalg.norm(ref), atol=1e-5)
     assert text.run(cfg, batch_size=2, precision="fp32")["status"] == "up to date"
     assert text.run(cfg, stride=16, precision="fp32")["n_computed"] == 3  # chunking changed
+
+
+def test_text_default_model_per_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Sample: the packaged MiniLM. Real data: bert-base-uncased from the cache (or the hub);
+    offline without it, the packaged MiniLM, said in one line and in the metadata. A model the
+    user names is never replaced."""
+    cache = tmp_path / "hf-cache"
+    offline_hub(cache, monkeypatch)
+    sample = text.resolve_text_model(make_cfg(tmp_path))
+    assert (sample.name, sample.origin, sample.note) == (text.MINILM_NAME, "packaged", None)
+    real = text_world(tmp_path / "real", "ml-latest-small")
+    text.run(real, precision="fp32")
+    meta = table(real, "text")[2]
+    notice = [line for line in capsys.readouterr().out.splitlines() if "bert-base-uncased" in line]
+    assert len(notice) == 1 and "all-MiniLM-L6-v2" in notice[0] and "HF_HUB_OFFLINE" in notice[0]
+    assert meta["model_id"] == text.MINILM_NAME and meta["model_fallback"] == notice[0]
+    with pytest.raises(WeightsUnavailableError, match="model_id=<folder"):
+        text.run(real, model_id="org/not-cached")
+    snapshot = cache / "models--bert-base-uncased" / "snapshots" / "0123abcd"
+    tiny_bert = transformers.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=32)
+    transformers.BertModel(tiny_bert).save_pretrained(snapshot)
+    for name in text.TOKENIZER_FILES:
+        if (text.default_model_dir() / name).exists():
+            shutil.copy(text.default_model_dir() / name, snapshot / name)
+    (cache / "models--bert-base-uncased" / "refs").mkdir()
+    (cache / "models--bert-base-uncased" / "refs" / "main").write_text("0123abcd")
+    assert text.run(real, precision="fp32")["n_computed"] == 3  # another model: recomputed
+    emb, _, meta = table(real, "text")
+    assert meta["model_id"] == "bert-base-uncased" and meta["model_origin"] == "cache"
+    assert emb.shape == (6, 16) and meta["model_fallback"] is None
 
 
 def test_text_bf16_matches_fp32_and_is_recorded(tmp_path: Path) -> None:

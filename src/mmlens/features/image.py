@@ -140,7 +140,7 @@ def resolve_model(cfg: Config, model_id: str = DEFAULT_MODEL_ID,
     found = weights.locate(model_id, weights_dir, what="poster encoder")
     if found.folder is None:
         raise weights.unavailable("poster encoder", model_id, found.origin, "weights_dir",
-                                  "; or random_init=True for a random-init model labelled so")
+                                  also="; or random_init=True for a random-init model, labelled so")
     settings = {"model_id": model_id,
                 "weights": outputs.sha256_files(weights.weight_files(found.folder)),
                 "architecture": outputs.sha256_file(found.folder / "config.json")}

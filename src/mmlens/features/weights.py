@@ -99,12 +99,12 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
     return (OSError, ValueError, *(getattr(utils, n) for n in names if hasattr(utils, n)))
 
 
-def unavailable(what: str, model_id: str, reason: str, option: str,
+def unavailable(what: str, model_id: str, reason: str, option: str, *,
+                files: str = "config.json and model.safetensors",
                 also: str = "") -> WeightsUnavailableError:
     """The one-line error of a real run without weights: what is missing, why, how to fix it."""
     return WeightsUnavailableError(
         f"{what}: no pretrained weights for {model_id} ({reason}). Provide them: run once with "
         f"the model hub reachable (HF_HUB_OFFLINE unset), or pass {option}=<folder with "
-        f"config.json and model.safetensors> (CLI: -o {option}=<folder>; to fill the folder on a "
-        f"machine online: huggingface_hub.snapshot_download({model_id!r}, "
-        f"local_dir=<folder>)){also}")
+        f"{files}> (CLI: -o {option}=<folder>; to fill the folder on a machine online: "
+        f"huggingface_hub.snapshot_download({model_id!r}, local_dir=<folder>)){also}")
