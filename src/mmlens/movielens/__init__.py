@@ -45,8 +45,9 @@ __all__ = [
 ]
 
 OUTPUTS = ("movies", "ratings", "tags", "convert_report")
-ELSEWHERE = ("check the network or proxy, or download from a mirror (base_url=URL; CLI: -o "
-             "base_url=URL) or use a zip you already have (zip_path=PATH)")
+OTHER_SOURCE = ("download from a mirror (base_url=URL; CLI: -o base_url=URL) or use a zip you "
+                "already have (zip_path=PATH)")
+UNREACHABLE_HINT = f"check the network or proxy, or {OTHER_SOURCE}"
 
 
 def run(
@@ -121,9 +122,9 @@ def _download_release(release: Release, base: str, dest: Path, force: bool) -> d
     try:
         download.download(url, dest, md5=md5, force=force)
     except UnreachableError as exc:
-        raise exc.with_hint(ELSEWHERE) from None
+        raise exc.with_hint(UNREACHABLE_HINT) from None
     except HTTPError as exc:
-        raise DownloadError(f"{exc}; {ELSEWHERE}") from exc
+        raise DownloadError(f"{exc}; {OTHER_SOURCE}") from exc
     seconds = time.perf_counter() - start
     print(f"{release.zip_name}: downloaded {_size(dest)} in {seconds:.1f} s, md5 {md5} verified "
           f"against {_md5_origin(release, md5_source)}")
@@ -146,9 +147,9 @@ def _published_md5(release: Release, url: str, dest: Path, force: bool) -> tuple
                   f"beside {dest.name}")
             return recorded, "recorded earlier"
         if isinstance(exc, UnreachableError):
-            raise exc.with_hint(ELSEWHERE) from None
+            raise exc.with_hint(UNREACHABLE_HINT) from None
         raise DownloadError(
-            f"cannot get the checksum {redact_url(md5_url)} ({exc}); {ELSEWHERE}"
+            f"cannot get the checksum {redact_url(md5_url)} ({exc}); {OTHER_SOURCE}"
         ) from exc
 
 
