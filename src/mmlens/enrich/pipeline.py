@@ -331,20 +331,20 @@ def _print_summary(manifest: pd.DataFrame, client: Client, providers: list[Provi
     """What the run did, in five lines."""
     n = len(manifest)
     names = ", ".join(p.name for p in providers)
-    lines = [f"02 enrich: {n:,} movies in {seconds:.1f} s, {client.fetcher.stats.requests:,} "
-             f"requests (providers: {names})"]
-    missing = {}
-    for m, label in (("poster", "posters "), ("synopsis", "synopses")):
+    rows, missing = [], {}
+    for m, label in (("poster", "posters fetched"), ("synopsis", "synopses")):
         ok = manifest[manifest[f"{m}_status"] == "ok"]
         by_source = ", ".join(f"{s} {c:,}" for s, c in ok[f"{m}_source"].value_counts().items())
-        lines.append(f"  {label}  {len(ok):,}/{n:,}" + (f" ({by_source})" if by_source else ""))
+        rows.append((label, f"{len(ok):,}/{n:,}" + (f" ({by_source})" if by_source else "")))
         missing[m] = n - len(ok)
-    lines.append(f"  retried   {_count(client.retried, 'request')} that failed in an earlier run "
-                 f"for a passing reason: {client.mended:,} now succeed")
-    lines.append(f"  failed    {_count(client.transient, 'request')} for a passing reason (a rerun "
-                 f"retries them); {_count(missing['poster'], 'movie')} without a poster, "
-                 f"{missing['synopsis']:,} without a synopsis (the manifest says why)")
-    print("\n".join(lines), flush=True)
+    rows.append(("retried", f"{_count(client.retried, 'request')} that failed in an earlier run "
+                            f"for a passing reason: {client.mended:,} now succeed"))
+    rows.append(("failed", f"{_count(client.transient, 'request')} for a passing reason (a rerun "
+                           f"retries them); {_count(missing['poster'], 'movie')} without a poster, "
+                           f"{missing['synopsis']:,} without a synopsis (the manifest says why)"))
+    print(f"02 enrich: {n:,} movies in {seconds:.1f} s, {client.fetcher.stats.requests:,} requests "
+          f"(providers: {names})", *(f"  {label:<16}{text}" for label, text in rows), sep="\n",
+          flush=True)
 
 
 def _count(n: int, noun: str) -> str:
