@@ -54,8 +54,8 @@ MAX_IMAGE_BYTES = 10 * 1024 * 1024
 CONCURRENCY = 16  # movies in flight: keeps 40 req/s going at round trips up to ~0.4 s per movie
 SAMPLE_CONCURRENCY = 8  # the local mirror shares the machine's cores with the stage
 SAMPLE_RATE = 200.0  # req/s to the local mirror: the default sample finishes in seconds
-IMDB_NOTICE = ("02 enrich: IMDb title pages are on (imdb_pages=True). IMDb's conditions of use "
-               "forbid scraping its pages: you fetch them on your own responsibility.")
+IMDB_NOTICE = ("02 enrich: IMDb title pages are on. IMDb's conditions of use forbid scraping its "
+               "pages: you fetch them on your own responsibility.")
 SAMPLE_RETRY = RetryPolicy(max_attempts=4, base_delay=0.1, max_delay=5.0, connect_timeout=5.0,
                            read_timeout=15.0)
 _STATUS_OF_KIND = {"not_found": "not_found", "invalid": "invalid", "error": "error",
@@ -88,12 +88,13 @@ def run(cfg: Config, *, providers: Sequence[Provider | str] | None = None,
     published ceiling), 4 to other hosts, 200 to the sample mirror. ``concurrency``: movies in
     flight (default 16, 8 in sample mode). ``limit``: only the first ``limit`` movies.
 
-    Expected wall time for ml-25m (62,423 movies) at the defaults, computed from the rate, not
-    measured: about 30 minutes (62,423 TMDB documents at 40 requests per second take 26 minutes;
-    posters come from TMDB's image host at the same time; round trips of ~0.15 s bring the pace to
-    ~35 requests per second). A rerun reuses the cache and asks again only what failed for a
-    passing reason (connection errors, timeouts, 5xx, 429); permanent answers (404, not an image,
-    no id) are kept.
+    Expected wall time for ml-25m (62,423 movies) at the defaults: about 30 minutes. 62,423 TMDB
+    documents at 40 requests per second take 26 minutes, the posters come from TMDB's image host
+    at the same time, and the limiter's one-second window costs a round trip per 40 requests: with
+    50 ms round trips to a local mirror it reached 37.6 requests per second (bench_02_fetch), 28
+    minutes for ml-25m; longer real round trips cost a little more. A rerun reuses the cache and
+    asks again only what failed for a passing reason (connection errors, timeouts, 5xx, 429);
+    permanent answers (404, not an image, no id) are kept.
     """
     concurrency = concurrency or (SAMPLE_CONCURRENCY if cfg.is_sample else CONCURRENCY)
     if concurrency < 1:
