@@ -15,6 +15,7 @@ import pytest
 from mmlens import cli
 from mmlens.artifacts import NOTEBOOKS
 from mmlens.config import Config
+from mmlens.errors import UserError
 from mmlens.net import RetryPolicy
 from mmlens.sample import Fault, ensure_world, serve
 
@@ -115,8 +116,12 @@ def test_misspelt_option_names_the_accepted_ones(tmp_path: Path, capsys) -> None
     assert not _files(tmp_path)
 
 
-def test_options_of_a_forwarding_stage_come_from_its_target() -> None:
+def test_options_of_a_forwarding_stage_come_from_its_target(monkeypatch) -> None:
     assert {"epochs", "batch_size", "ensemble"} <= set(cli.stage_options("08"))
+    with pytest.raises(UserError, match="did you mean epochs"):
+        cli.check_options("08", {"epoch": 3})
+    monkeypatch.delitem(cli.OPTIONS_OF, "08")  # run_keras(cfg, **options) alone: not checkable
+    cli.check_options("08", {"epoch": 3})
 
 
 def test_usage_errors_are_one_line(tmp_path: Path, capsys) -> None:

@@ -56,17 +56,24 @@ def stage_function(stage: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
+def _option_parameters(stage: str) -> list[inspect.Parameter]:
+    module, name = OPTIONS_OF.get(stage, STAGES[stage])
+    function = getattr(importlib.import_module(module), name)
+    return list(inspect.signature(function).parameters.values())[1:]  # the first is the Config
+
+
 def stage_options(stage: str) -> list[str]:
     """The keyword options (``-o key=value``) that ``stage`` accepts, read from its signature."""
-    module, name = OPTIONS_OF.get(stage, STAGES[stage])
-    params = list(inspect.signature(getattr(importlib.import_module(module), name)).parameters
-                  .values())[1:]  # the first one is the Config
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return [p.name for p in params if p.kind in kinds]
+    return [p.name for p in _option_parameters(stage) if p.kind in kinds]
 
 
 def check_options(stage: str, options: dict[str, Any]) -> None:
-    """Raise :class:`UserError` naming the accepted options when one in ``options`` is not."""
+    """Raise :class:`UserError` naming the accepted options when one in ``options`` is not (a
+    stage function that takes ``**options`` unnamed in ``OPTIONS_OF`` is not checked)."""
+    if not options or any(p.kind is inspect.Parameter.VAR_KEYWORD
+                          for p in _option_parameters(stage)):
+        return
     accepted = stage_options(stage)
     for key in options:
         if key not in accepted:
