@@ -154,7 +154,7 @@ def test_checksum_mismatch_over_http_names_both_sums(
             "-o", f"base_url={mirror.movielens_base_url}"]
     assert cli.main(argv) == 2
     line = _error_line(capsys)
-    got = re.search(rf"expected ({HEX32}), got ({HEX32});", line)
+    got = re.search(rf"^error: md5 mismatch: expected ({HEX32}), got ({HEX32}) from ", line)
     assert got is not None, line
     assert got.group(1) == published and got.group(2) != published
     assert not [p for p in _files(tmp_path) if p.suffix in (".zip", ".part")]

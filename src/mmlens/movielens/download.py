@@ -131,8 +131,10 @@ def download(
     if expected is not None and digest != expected:
         part.unlink(missing_ok=True)
         raise ChecksumError(
-            f"md5 mismatch for {redact_url(url)}: expected {expected}, got {digest}; the download "
-            "was deleted (if this repeats, a proxy, captive portal or mirror serves another file)"
+            # both sums first: they survive a log or terminal that cuts long lines
+            f"md5 mismatch: expected {expected}, got {digest} from {redact_url(url)}; the "
+            "download was deleted (if this repeats, a proxy, captive portal or mirror serves "
+            "another file)"
         )
     md5_sibling(dest).unlink(missing_ok=True)
     os.replace(part, dest)
