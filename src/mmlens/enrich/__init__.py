@@ -1,7 +1,8 @@
 """Stage 02 (notebook 02): posters and synopses from TMDB, IMDb, a table or a local folder.
 
     from mmlens.enrich import run, coverage
-    manifest = run(cfg)                 # sample: served by the local mirror
+    manifest = run(cfg)                 # TMDB (sample: served by the local mirror)
+    manifest = run(cfg, imdb_pages=True)  # then IMDb title pages: opt-in, see the notice
     coverage(manifest)                  # counts per modality x status x source
 
 ``pipeline`` runs the stage, ``providers`` knows the sites, ``fetch`` is the polite HTTP client,

@@ -92,7 +92,6 @@ class Client:
     def __init__(self, fetcher: Fetcher, cache: ResponseCache) -> None:
         self.fetcher = fetcher
         self.cache = cache
-        self.hits = 0
         self.retried = 0
         self.mended = 0
         self.transient = 0  # passing failures recorded in this run
@@ -105,8 +104,6 @@ class Client:
         entry = self.cache.get(key)
         retry = entry is not None and entry.outcome not in PERMANENT and not entry.ok
         if entry is not None and not retry:
-            with self._lock:
-                self.hits += 1
             if not entry.ok:
                 raise FetchError(entry.outcome, entry.error, entry.status)
             try:

@@ -11,9 +11,10 @@
   at serve time), og: meta tags and the poster in the hero poster slot; a few without JSON-LD, some
   descriptions with HTML entities and an IMDb-style ``::author`` suffix.
 
-Expected outcome of a scraper that tries TMDB first and IMDb second is recorded in
-``poster_source`` / ``synopsis_source`` (``tmdb``, ``imdb`` or ``none``) and ``synopsis`` (the clean
-text).
+Expected outcome of a scraper that tries TMDB first and IMDb second (stage 02 with
+``imdb_pages=True``; by default it asks TMDB alone, and the ``imdb`` rows end without) is recorded
+in ``poster_source`` / ``synopsis_source`` (``tmdb``, ``imdb`` or ``none``) and ``synopsis`` (the
+clean text).
 """
 
 from __future__ import annotations
