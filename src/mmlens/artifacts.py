@@ -30,6 +30,7 @@ NOTEBOOKS = {
     "07": "07-Training-with-HugeCTR.ipynb",
     "08": "08-Training-with-TensorFlow.ipynb",
     "09": "09-Do-Pretrained-Embeddings-Help.ipynb",
+    "10": "10-Real-Data-Protocol.ipynb",
 }
 
 SPLITS = ("random", "temporal", "cold-items")

@@ -1,4 +1,4 @@
-"""The fixed ml-latest-small evaluation protocol (``shared/data/ml-latest-small-protocol``).
+"""The fixed ml-latest-small evaluation protocol (``datasets/ml-latest-small-protocol``).
 
 Label ``rating > 3``, metric ROC-AUC (and logloss) over the test rows. Warm: the test rows are the
 ``(userId, movieId)`` pairs of ``warm_test_pairs.csv``, every other rating is train. Cold: every
@@ -7,11 +7,15 @@ validation part from train only: warm, a seeded share of the train rows; cold, e
 seeded share of the train movies (a cold validation set, so early stopping is cold too).
 
 The two splits are written as the feature store's ``random`` (warm) and ``cold-items`` (cold)
-splits, so stage 06 and the stage 08/09 training code run on them unchanged.
+splits, so stage 06 and the stage 08/09 training code run on them unchanged. The release and the
+protocol files ship in the repository's ``datasets/`` folder (:data:`DATASETS_DIR`); notebook 10 and
+``bench/bench_09_protocol.py`` run them.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +27,61 @@ from mmlens.config import Config
 
 RELEASE_DIR = "ml-latest-small"
 PROTOCOL_DIR = "ml-latest-small-protocol"
+DATASETS_DIR = Path(__file__).resolve().parents[2] / "datasets"
 LABEL_THRESHOLD = 3.0
 VALID_SHARE = 0.1
-TEXT_SOURCE = "title+genres+tags"
+# what a truly new movie has, then with the user tags the protocol's baselines were measured with
+TEXT_SOURCES = ("title+genres", "title+genres+tags")
+TEXT_SOURCE = TEXT_SOURCES[-1]
 SPLIT_NAMES = {"warm": "random", "cold": "cold-items"}
-# best published results on exactly this protocol (protocol README)
-BASELINES = {"warm": ("LightFM ids+genres+text", 0.8179),
-             "cold": ("LightFM genres+text", 0.7868)}
+SPLIT_SEED = 42  # draws the validation parts (never the test parts: those are the protocol's)
+DEFAULT_SEEDS = 3
+SEEDS_ENV = "MMLENS_PROTOCOL_SEEDS"
+EPOCHS_ENV = "MMLENS_PROTOCOL_EPOCHS"
 
 
-def find_shared_data(start: Path | None = None) -> Path | None:
-    """``shared/data`` holding both the release and the protocol, looked up from ``start``
-    (default: this file) through its parents; None when absent."""
-    here = Path(start or __file__).resolve()
-    for parent in [here, *here.parents]:
-        data = parent / "shared" / "data"
-        if (data / RELEASE_DIR / "ratings.csv").exists() and (data / PROTOCOL_DIR).is_dir():
-            return data
-    return None
+def datasets_dir(root: Path | None = None) -> Path:
+    """The ``datasets`` folder holding the release and the protocol (default: the repository's);
+    a clear error when either is missing."""
+    root = Path(root or DATASETS_DIR)
+    for needed in (root / RELEASE_DIR / "ratings.csv", root / PROTOCOL_DIR / "cold_movies.csv"):
+        if not needed.exists():
+            raise FileNotFoundError(f"{needed} is missing: the real-data protocol runs from a "
+                                    "checkout of the repository (its datasets/ folder)")
+    return root
+
+
+def source_config(work_dir: Path, text_source: str) -> Config:
+    """The data directory of one text source's run under ``work_dir`` (dataset ml-latest-small)."""
+    if text_source not in TEXT_SOURCES:
+        raise ValueError(f"unknown text source {text_source!r}; choose from {TEXT_SOURCES}")
+    return Config(data_dir=Path(work_dir) / text_source, dataset=RELEASE_DIR, seed=SPLIT_SEED)
+
+
+def seed_range(n: int | None = None) -> tuple[int, ...]:
+    """Seeds 1..n; ``n`` None reads ``MMLENS_PROTOCOL_SEEDS`` (default 3)."""
+    n = int(os.environ.get(SEEDS_ENV, DEFAULT_SEEDS)) if n is None else int(n)
+    if n < 1:
+        raise ValueError(f"need at least one seed, got {n}")
+    return tuple(range(1, n + 1))
+
+
+def epoch_cap(n: int | None = None) -> int | None:
+    """The most epochs per model: ``n``, else ``MMLENS_PROTOCOL_EPOCHS``, else None (the
+    protocol's own setting)."""
+    value = os.environ.get(EPOCHS_ENV) if n is None else n
+    return None if value in (None, "") else int(value)
+
+
+def baselines(protocol_dir: Path) -> pd.DataFrame:
+    """The table of the protocol's README: established libraries measured on exactly this
+    protocol (model, features, warm and cold AUC)."""
+    rows = [[cell.strip().strip("*") for cell in line.strip().strip("|").split("|")]
+            for line in (Path(protocol_dir) / "README.md").read_text().splitlines()
+            if line.startswith("|")]
+    header, body = rows[0], [r for r in rows[1:] if not set("".join(r)) <= set("-: ")]
+    table = pd.DataFrame(body, columns=[h.replace(" AUC", "") for h in header])
+    return table.astype({"warm": float, "cold": float})
 
 
 def convert_release(cfg: Config, release_dir: Path) -> dict[str, Any]:
@@ -138,4 +179,88 @@ def prepare(cfg: Config, shared_data: Path, *, text_source: str = TEXT_SOURCE,
     text.run(cfg, text_source=text_source, batch_size=text_batch_size)
     summary = write_store(cfg, Path(shared_data) / PROTOCOL_DIR)
     etl.run(cfg, splits=tuple(SPLIT_NAMES.values()))
+    return summary
+
+
+ID_FEATURES = "ids + genres + year"
+
+
+def _features(variant: str, text: str) -> str:
+    if variant == "popularity":
+        return "the movie's share of liked train ratings"
+    return ID_FEATURES if variant == "id-only" else f"{ID_FEATURES} + text: {text}"
+
+
+def comparison(summary: pd.DataFrame) -> pd.DataFrame:
+    """The protocol's result for a reader: per model (one model: mean ± std over seeds; the seed
+    ensemble; popularity last) and features, the warm and cold test AUC as text. ``summary``
+    holds :func:`mmlens.train.ablation.run` rows with a ``text`` column (the text source)."""
+    s = summary.assign(features=[_features(v, t) for v, t in
+                                 zip(summary["variant"], summary["text"], strict=True)])
+    s = s.drop_duplicates(["setting", "features"])
+    s = pd.concat([s[s["variant"] != "popularity"], s[s["variant"] == "popularity"]])
+    n = int(s["n_seeds"].max())
+    by = s.set_index(["features", "setting"])
+    rows = []
+    for features, variant in dict.fromkeys(zip(s["features"], s["variant"], strict=True)):
+        cells = [by.loc[(features, setting)] for setting in SPLIT_NAMES]
+        if variant == "popularity":
+            rows.append(["popularity", features, *(f"{c['auc_mean']:.4f}" for c in cells)])
+            continue
+        rows.append([f"mmlens, one model ({n} seed{'s' * (n > 1)})", features,
+                     *(f"{c['auc_mean']:.4f} ± {c['auc_std']:.4f}" for c in cells)])
+        if n > 1:
+            rows.append([f"mmlens, {n}-seed ensemble", features,
+                         *(f"{c['ens_auc']:.4f}" for c in cells)])
+    return pd.DataFrame(rows, columns=["model", "features", *SPLIT_NAMES])
+
+
+def lifts(summary: pd.DataFrame) -> pd.DataFrame:
+    """What the text adds: per text source and setting, +text minus ID-only (mean test AUC over
+    seeds, and the seed ensembles'), beside the larger of the two spreads over seeds."""
+    ids = summary[summary["variant"] == "id-only"].set_index("setting")
+    text = summary[summary["variant"] == "+text"]
+    return pd.DataFrame({
+        "text": text["text"].to_numpy(), "setting": text["setting"].to_numpy(),
+        "lift": text["auc_mean"].to_numpy() - ids.loc[text["setting"], "auc_mean"].to_numpy(),
+        "spread": np.maximum(text["auc_std"].to_numpy(),
+                             ids.loc[text["setting"], "auc_std"].to_numpy()),
+        "ens_lift": text["ens_auc"].to_numpy() - ids.loc[text["setting"], "ens_auc"].to_numpy(),
+    })
+
+
+def against_baselines(summary: pd.DataFrame, base: pd.DataFrame,
+                      text_source: str = TEXT_SOURCE) -> pd.DataFrame:
+    """Per setting: the best baseline of the protocol README (measured with ``text_source``),
+    mmlens +text on that same text (one model's mean, the seed ensemble) and the gaps."""
+    text = summary[(summary["variant"] == "+text") & (summary["text"] == text_source)]
+    rows = []
+    for setting in SPLIT_NAMES:
+        best = base.loc[base[setting].idxmax()]
+        mine = text[text["setting"] == setting].iloc[0]
+        rows.append({"setting": setting, "best baseline": f"{best['model']}: {best['features']}",
+                     "baseline_auc": best[setting], "mmlens_auc": mine["auc_mean"],
+                     "gap": mine["auc_mean"] - best[setting], "ens_auc": mine["ens_auc"],
+                     "ens_gap": mine["ens_auc"] - best[setting]})
+    return pd.DataFrame(rows)
+
+
+def run(cfg: Config, *, seeds: int | None = None, epochs: int | None = None) -> pd.DataFrame:
+    """Notebook 10 headless (CLI, bench): its ``run_protocol`` on the repository's ``datasets/``
+    with work files under ``cfg.data_dir/protocol``; prints its tables, returns the summary.
+    ``seeds`` (how many) and ``epochs`` (cap) as :func:`seed_range` and :func:`epoch_cap`."""
+    from mmlens._nb.real_data_protocol import run_protocol  # the notebook imports this module
+
+    datasets, cap = datasets_dir(), epoch_cap(epochs)
+    start = time.perf_counter()
+    summary = run_protocol(Path(cfg.data_dir) / "protocol", datasets, seed_range(seeds),
+                           **({} if cap is None else {"epochs": cap}))
+    print(f"protocol: both text sources in {time.perf_counter() - start:.0f} s")
+    base = baselines(datasets / PROTOCOL_DIR)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+        print(comparison(summary).to_string(index=False))
+        print(f"measured on this protocol ({PROTOCOL_DIR}/README.md):")
+        print(base.to_string(index=False))
+        print(lifts(summary).round(4).to_string(index=False))
+        print(against_baselines(summary, base).round(4).to_string(index=False))
     return summary

@@ -92,7 +92,6 @@ def run(
           f"{time.perf_counter() - start:.0f} s" + ("" if write else " (not written)"))
     if print_table:
         print(summary.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
-    summary.attrs["runs"] = runs
     return summary
 
 
