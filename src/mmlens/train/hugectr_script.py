@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 
 from mmlens import artifacts, capabilities
+from mmlens._nb.create_feature_store import MAX_VEC_SIZE  # HugeCTR's cap on embedding_vec_size
 from mmlens.config import Config
 from mmlens.etl.hugectr_files import file_list_paths
 from mmlens.train import data, evaluate
 
-MAX_VEC_SIZE = 1024  # HugeCTR's limit on embedding_vec_size
 SCRIPT_NAME = "train_hugectr.py"
 LOG_NAME = "hugectr.log"
 UNAVAILABLE = ("HugeCTR is not available (it ships only in NVIDIA's Merlin HugeCTR container and "
