@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from transformers import ResNetConfig, ResNetModel
 
+from mmlens._nb.feature_extraction_poster import embed_images
 from mmlens.features import image
 from mmlens.sample.posters import N_STYLES, jpeg_bytes, render_poster
 
@@ -53,9 +54,8 @@ def forward_only(encoder: image.ImageEncoder, pixels: torch.Tensor) -> float:
     encoder's model, dtype and layout."""
     pixels = pixels.to(encoder.dtype).contiguous(memory_format=torch.channels_last)
     start = time.perf_counter()
-    with torch.inference_mode():
-        for lo in range(0, len(pixels), BATCH):
-            image.pooled(encoder.model(pixel_values=pixels[lo:lo + BATCH])).float().numpy()
+    for lo in range(0, len(pixels), BATCH):
+        embed_images(encoder.model, pixels[lo:lo + BATCH]).float().numpy()
     return time.perf_counter() - start
 
 

@@ -28,8 +28,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoTokenizer
 
+from mmlens._nb.feature_extraction_text import load_text_model
 from mmlens.features.text import TextEncoder, default_model_dir
 from mmlens.sample.synopses import TOPICS, synopsis
 
@@ -66,12 +66,12 @@ def padded_batches(encoder: TextEncoder, texts: list[str]) -> list[tuple[torch.T
 
 def main() -> None:
     torch.manual_seed(0)
-    model_dir = default_model_dir()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    def load() -> torch.nn.Module:
-        return AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
+    model_dir = str(default_model_dir())
 
-    model = load()  # float32, for upstream's way
+    def load() -> torch.nn.Module:
+        return load_text_model(model_dir)[1]
+
+    tokenizer, model = load_text_model(model_dir)  # float32, for upstream's way
     texts = synthetic_synopses(N_TEXTS)
     options = {"max_length": MAX_LENGTH, "stride": 64, "batch_size": BATCH, "normalize": True,
                "device": "cpu"}
