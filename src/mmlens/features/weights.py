@@ -105,6 +105,7 @@ def unavailable(what: str, model_id: str, reason: str, option: str, *,
     """The one-line error of a real run without weights: what is missing, why, how to fix it."""
     return WeightsUnavailableError(
         f"{what}: no pretrained weights for {model_id} ({reason}). Provide them: run once with "
-        f"the model hub reachable (HF_HUB_OFFLINE unset), or pass {option}=<folder with "
+        f"the model hub reachable (HF_HUB_OFFLINE unset; they stay in the Hugging Face cache "
+        f"under HF_HOME for later offline runs), or pass {option}=<folder with "
         f"{files}> (CLI: -o {option}=<folder>; to fill the folder on a machine online: "
         f"huggingface_hub.snapshot_download({model_id!r}, local_dir=<folder>)){also}")
