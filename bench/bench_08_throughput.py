@@ -9,11 +9,11 @@ would take most of the budget.
 The model is 08's default (:data:`keras_train.DEFAULT_MODEL_OPTIONS`). Training throughput is
 rows per second over :data:`EPOCHS` whole epochs of the train part, after one untimed epoch
 (graph tracing; for the in-memory feeds it also fills the cache). "In-memory tensors" are the
-batches of 08's pipeline cached as tensors (``Dataset.cache``): the model alone, nothing parsed
-or cut. The configurations run one after the other in each of :data:`ROUNDS` rounds (the order
-rotating), and each ratio is the median over rounds of that round's ratio: the two sides of a
-ratio are measured seconds apart, so the machine's slow swings in speed (over 2x between rounds
-on a shared 2-core VM) cancel out. Prints
+batches of 08's pipeline cached as tensors (``Dataset.cache``: the bench runs on the TensorFlow
+backend): the model alone, nothing parsed or cut. The configurations run one after the other in
+each of :data:`ROUNDS` rounds (the order rotating), and each ratio is the median over rounds of
+that round's ratio: the two sides of a ratio are measured seconds apart, so the machine's slow
+swings in speed (over 2x between rounds on a shared 2-core VM) cancel out. Prints
 
 - ``BENCH 08 frozen_vs_id_only_throughput <ratio>`` (target >= 0.7): +poster+text model (frozen
   tables) over the ID-only model, both fed from in-memory tensors;

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from etl_fixture import make_etl, raw_id  # noqa: E402
 
 keras = pytest.importorskip("keras")
-from mmlens.train import ablation, evaluate, keras_train, models  # noqa: E402
+from mmlens.train import ablation, evaluate, keras_train, layers, models  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def test_pad_lists_and_masked_mean() -> None:
     padded = data.pad_lists([[5, 6], None, [7, 8, 9, 10]], 3)
     assert padded.tolist() == [[5, 6, 0], [0, 0, 0], [7, 8, 9]]
     vectors = np.arange(18, dtype="float32").reshape(3, 3, 2)
-    out = np.asarray(models.MaskedMean()([padded, vectors]))
+    out = np.asarray(layers.MaskedMean()([padded, vectors]))
     np.testing.assert_allclose(out[0], vectors[0, :2].mean(0))
     np.testing.assert_allclose(out[1], [0, 0])  # all padding: zero, not NaN
     np.testing.assert_allclose(out[2], vectors[2].mean(0))
@@ -95,8 +97,8 @@ def test_wide_deep_roundtrips_through_keras_file(world: dict[str, Any], tmp_path
     keras_train.fit(model, _ds(world, "train", batch_size=128), _ds(world, "valid"), epochs=1,
                     out_dir=tmp_path)
     assert (tmp_path / "history.json").exists() and (tmp_path / "curves.png").exists()
-    saved = keras_train.save_model(model, tmp_path)
-    again = keras_train.load_model(saved)
+    saved = models.save_model(model, tmp_path)
+    again = models.load_model(saved)
     test = _ds(world, "test", batch_size=256)
     p1, p2 = keras_train.predict(model, test), keras_train.predict(again, test)
     np.testing.assert_allclose(p1, p2, rtol=1e-5)
@@ -138,12 +140,12 @@ def test_run_keras_ensemble_saves_the_average_of_its_members(world: dict[str, An
     out = run_keras(cfg, split=split, variant="wide_deep", epochs=1, batch_size=128,
                     ranking=False, ensemble=2)
     assert out["ensemble"] == 2 and [m["auc"] for m in out["members"]] != [out["auc"]] * 2
-    model = keras_train.load_model(artifacts.path(cfg, "keras_dir", split=split,
+    model = models.load_model(artifacts.path(cfg, "keras_dir", split=split,
                                                   variant="wide_deep") / "model.keras")
     members = [model.get_layer(f"wide_deep_seed{s}") for s in (cfg.seed, cfg.seed + 1)]
     feats, labels = data.read_part(data.part_dir(etl_dir, schema, "test"), schema)
-    each = [keras_train.predict_features(m, feats) for m in members]
-    np.testing.assert_allclose(keras_train.predict_features(model, feats),
+    each = [models.predict_features(m, feats) for m in members]
+    np.testing.assert_allclose(models.predict_features(model, feats),
                                (each[0] + each[1]) / 2, atol=1e-6)
     assert evaluate.auc(labels, (each[0] + each[1]) / 2) == pytest.approx(out["auc"], abs=1e-6)
     assert ablation.seed_ensemble(labels, each)["auc"] == pytest.approx(out["auc"], abs=1e-6)
@@ -290,14 +292,14 @@ def test_unseen_movies_share_one_zero_id_vector(world: dict[str, Any], tmp_path:
     wide = model.get_layer("wide_movieId")
     wide.set_weights([np.full_like(wide.get_weights()[0], 3.0)])
     feats, _ = data.read_part(world["dirs"]["cold-items"] / "test", schema)
-    p = keras_train.predict_features(model, feats)
+    p = models.predict_features(model, feats)
     swapped = {**feats, "movieId": np.full_like(feats["movieId"], cold[0])}
-    np.testing.assert_allclose(p, keras_train.predict_features(model, swapped), rtol=1e-6)
+    np.testing.assert_allclose(p, models.predict_features(model, swapped), rtol=1e-6)
     warm = {**feats, "movieId": np.full_like(feats["movieId"], seen[0])}
-    assert not np.allclose(p, keras_train.predict_features(model, warm))
-    saved = keras_train.save_model(model, tmp_path)  # the mask travels with the model
-    again = keras_train.load_model(saved)
-    np.testing.assert_allclose(keras_train.predict_features(again, swapped), p, rtol=1e-5)
+    assert not np.allclose(p, models.predict_features(model, warm))
+    saved = models.save_model(model, tmp_path)  # the mask travels with the model
+    again = models.load_model(saved)
+    np.testing.assert_allclose(models.predict_features(again, swapped), p, rtol=1e-5)
     with pytest.raises(ValueError, match="known_items"):
         models.build_mlp(schema, tables, known_items=known[:-1])
     with pytest.raises(ValueError, match="outside"):
@@ -305,7 +307,7 @@ def test_unseen_movies_share_one_zero_id_vector(world: dict[str, Any], tmp_path:
 
 
 def test_item_dropout_only_while_training() -> None:
-    gate = models.ItemIdGate(n_codes=4, rate=0.5, seed=3)
+    gate = layers.ItemIdGate(n_codes=4, rate=0.5, seed=3)
     gate.set_weights([np.array([0, 1, 1, 1], np.float32)])
     ids = np.array([0, 1, 2, 3] * 50)
     inference = np.asarray(gate(ids, training=False))[:, 0]
@@ -314,7 +316,7 @@ def test_item_dropout_only_while_training() -> None:
     assert set(np.unique(training)) == {0.0, 1.0}  # zeroed, never rescaled
     assert (training[ids == 0] == 0).all() and 0.2 < training[ids > 0].mean() < 0.8
     with pytest.raises(ValueError, match="rate"):
-        models.ItemIdGate(rate=1.0)
+        layers.ItemIdGate(rate=1.0)
 
 
 def test_content_helps_cold_movies_with_default_model(world: dict[str, Any]) -> None:
@@ -363,8 +365,8 @@ def test_content_is_projected_once_per_distinct_movie(world: dict[str, Any]) -> 
     schema, tables = world["schemas"]["random"], world["tables"]["random"]
     model = models.build_mlp(schema, tables, emb_dim=4, mlp=(8,), tower=True)
     feats, _ = data.read_part(world["dirs"]["random"] / "test", schema)
-    p = keras_train.predict_features(model, feats)
-    one_by_one = np.concatenate([keras_train.predict_features(
+    p = models.predict_features(model, feats)
+    one_by_one = np.concatenate([models.predict_features(
         model, {k: v[i:i + 1] for k, v in feats.items()}) for i in range(5)])
     np.testing.assert_allclose(p[:5], one_by_one, rtol=1e-5)  # dedupe changes no prediction
 
@@ -394,3 +396,77 @@ def test_unit_rows_keeps_directions_and_zero_rows() -> None:
     table = np.array([[3.0, 4.0], [0.0, 0.0], [0.0, -2.0]])
     np.testing.assert_allclose(models.unit_rows(table), [[0.6, 0.8], [0.0, 0.0], [0.0, -1.0]])
     assert models.unit_rows(table).dtype == np.float32
+
+
+# Run in a child process: Keras picks its backend once, at import.
+TORCH_RUN = """
+import json, sys
+sys.modules["tensorflow"] = None  # as in the Merlin container: no TensorFlow to fall back on
+from pathlib import Path
+import keras, numpy as np
+sys.path.insert(0, sys.argv[2])
+from etl_fixture import make_etl, raw_id
+from mmlens import artifacts
+from mmlens.config import Config
+from mmlens.train import data, models, recommend_for, run_keras
+cfg = Config(data_dir=Path(sys.argv[1]), sample_profile="small", seed=5)
+make_etl(cfg, splits=("cold-items",))
+out = run_keras(cfg, split="cold-items", epochs=2, batch_size=64)
+model = models.load_model(artifacts.path(cfg, "keras_dir", split="cold-items", variant="mlp")
+                          / models.MODEL_FILE)
+etl_dir, schema = data.require_split(cfg, "cold-items")
+frozen = model.get_layer("pretrained_text").get_weights()[0]
+given = models.unit_rows(data.load_tables(etl_dir, schema)["text"])
+recs = recommend_for(cfg, user_id=raw_id(5), k=5, split="cold-items")
+print(json.dumps({"backend": keras.backend.backend(), "auc": out["auc"], "hr": out["hr@10"],
+                  "frozen": bool(np.array_equal(frozen, given)), "recs": len(recs)}))
+"""
+
+
+def test_training_runs_on_the_torch_backend_without_tensorflow(tmp_path: Path) -> None:
+    """The Merlin container runs Keras 3 on torch: build, fit, save, load, rank, recommend."""
+    pytest.importorskip("torch")
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    proc = subprocess.run([sys.executable, "-c", TORCH_RUN, str(tmp_path),
+                           str(Path(__file__).parent)], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["backend"] == "torch" and result["frozen"] and result["recs"] == 5
+    assert 0.5 < result["auc"] <= 1 and 0 <= result["hr"] <= 1
+
+
+def _imports_of(path: Path, package: Path) -> set[str]:
+    """The mmlens modules a source file imports, at module level or inside functions."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mmlens"):
+            for alias in node.names:  # `from mmlens.train import data` imports a submodule
+                sub = f"{node.module}.{alias.name}"
+                is_module = (package.parent / (sub.replace(".", "/") + ".py")).exists()
+                found.add(sub if is_module else node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("mmlens")}
+    return found
+
+
+def test_training_modules_import_no_circle() -> None:
+    """E.g. keras_train may use recommend, but then recommend must not use keras_train."""
+    import mmlens
+
+    package = Path(mmlens.__file__).parent
+    files = [*package.glob("train/*.py"), *package.glob("_nb/*.py")]
+    name = {f: ".".join(f.relative_to(package.parent).with_suffix("").parts) for f in files}
+    graph = {name[f]: _imports_of(f, package) & set(name.values()) for f in files}
+
+    def cycle_from(node: str, path: tuple[str, ...]) -> tuple[str, ...] | None:
+        if node in path:
+            return (*path[path.index(node):], node)
+        return next((c for nxt in graph.get(node, ()) if (c := cycle_from(nxt, (*path, node)))),
+                    None)
+
+    assert graph["mmlens.train.keras_train"] >= {"mmlens.train.recommend"}
+    for start in graph:
+        assert cycle_from(start, ()) is None, " -> ".join(cycle_from(start, ()) or ())

@@ -76,7 +76,8 @@ def seed_everything(seed: int) -> None:
 
     random.seed(seed)
     np.random.seed(seed)
-    if "torch" in sys.modules:
-        sys.modules["torch"].manual_seed(seed)
-    if "tensorflow" in sys.modules:
-        sys.modules["tensorflow"].random.set_seed(seed)
+    torch, tf = sys.modules.get("torch"), sys.modules.get("tensorflow")  # None: not importable
+    if torch is not None:
+        torch.manual_seed(seed)
+    if tf is not None:
+        tf.random.set_seed(seed)

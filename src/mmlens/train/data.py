@@ -1,4 +1,4 @@
-"""Read the stage-06 ETL output (``etl/<split>/``) as feature arrays or a ``tf.data`` pipeline.
+"""Read the stage-06 ETL output (``etl/<split>/``) as feature arrays or batches for Keras.
 
 Features are keyed by slot name (``userId``, ``movieId``, ``genres``, ``year``, ``poster``, ...)
 plus ``has_<modality>`` flags; the multi-hot ``genres`` slot is padded with code 0 to its hotness.
@@ -240,37 +240,43 @@ def make_dataset(
     in_memory: bool | None = None,
     rating_mix: float = 0.0,
 ) -> Any:
-    """A ``tf.data.Dataset`` of ``(features, label)`` batches over one ETL part (or several).
+    """``(features, label)`` batches over one ETL part (or several), as Keras' backend takes
+    them: a ``tf.data.Dataset`` on TensorFlow, a ``keras.utils.PyDataset`` on other backends.
 
     ``in_memory=None`` loads parts up to :data:`IN_MEMORY_MAX_ROWS` rows and streams larger ones
     (streamed parts shuffle within chunks of :data:`SHUFFLE_BATCHES` batches; in-memory ones
     over the whole part, a new permutation every epoch). Rows are shuffled as whole arrays, never
-    row by row, and the generator yields :data:`GROUP_BATCHES` batches at a time that
-    ``Dataset.rebatch`` cuts, so the Python side stays cheap beside the model. ``rating_mix`` > 0
-    yields :func:`soft_labels` as targets (for training parts).
+    row by row. On TensorFlow the generator yields :data:`GROUP_BATCHES` batches at a time that
+    ``Dataset.rebatch`` cuts (the same rows in the same order), so the Python side stays cheap
+    beside the model. ``rating_mix`` > 0 yields :func:`soft_labels` as targets (training parts).
     """
-    import tensorflow as tf
+    import keras
 
     rows = part_rows(directory)
     if in_memory is None:
         in_memory = rows <= IN_MEMORY_MAX_ROWS
     rng = np.random.default_rng(seed) if shuffle else None
-    group = GROUP_BATCHES * batch_size  # the same rows in the same order as batch by batch
     if in_memory:
-        feats, labels = read_part(directory, schema, modalities, rating_mix)
+        part = read_part(directory, schema, modalities, rating_mix)
 
-        def batches() -> Iterator[tuple[Features, np.ndarray]]:
-            return rebatch(iter([(feats, labels)]), group, rng=rng)
+        def batches(size: int) -> Iterator[tuple[Features, np.ndarray]]:
+            return rebatch(iter([part]), size, rng=rng)
     else:
         chunk = SHUFFLE_BATCHES * batch_size
 
-        def batches() -> Iterator[tuple[Features, np.ndarray]]:
+        def batches(size: int) -> Iterator[tuple[Features, np.ndarray]]:
             return rebatch(iter_batches(directory, schema, chunk, modalities, rating_mix),
-                           group, rng=rng)
-    ds = tf.data.Dataset.from_generator(batches,
+                           size, rng=rng)
+    n_batches = -(-rows // batch_size)
+    if keras.backend.backend() != "tensorflow":
+        from mmlens.train.pydataset import SequentialBatches
+
+        return SequentialBatches(lambda: batches(batch_size), n_batches)
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_generator(lambda: batches(GROUP_BATCHES * batch_size),
                                         output_signature=_signature(schema, modalities))
-    ds = ds.rebatch(batch_size)
-    n_batches = -(-rows // batch_size)  # the groups are cut into exactly this many
+    ds = ds.rebatch(batch_size)  # the groups are cut into exactly n_batches batches
     return ds.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(tf.data.AUTOTUNE)
 
 

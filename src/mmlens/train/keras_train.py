@@ -4,6 +4,10 @@
 best weights, checkpoints each improvement, and writes the history (JSON) and learning curves (PNG).
 ``run`` is the notebook/CLI entry: it reads ``etl/<split>``, trains, evaluates on the test part and
 writes ``models/keras/<split>/<variant>`` and ``metrics/08.json``.
+
+Backend-neutral Keras 3: TensorFlow here (input through ``tf.data``, ``MirroredStrategy`` over
+several GPUs), torch in the Merlin container (``KERAS_BACKEND=torch``; input through a
+``keras.utils.PyDataset``, one device).
 """
 
 from __future__ import annotations
@@ -20,14 +24,18 @@ from mmlens import artifacts
 from mmlens.config import Config, seed_everything
 from mmlens.train import data, evaluate
 
-MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.json"
 CURVES_FILE = "curves.png"
 CHECKPOINT_FILE = "best.weights.h5"
 
 
 def strategy_scope() -> contextlib.AbstractContextManager[Any]:
-    """``MirroredStrategy`` scope when more than one GPU is visible, else a no-op."""
+    """On TensorFlow with more than one visible GPU, a ``MirroredStrategy`` scope; else a no-op
+    (other backends train on one device here)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return contextlib.nullcontext()
     import tensorflow as tf
 
     if len(tf.config.list_physical_devices("GPU")) > 1:
@@ -48,7 +56,7 @@ def effective_batch_size(batch_size: int, train_rows: int,
 
 
 def set_seed(seed: int) -> None:
-    """Seed Python, numpy, TensorFlow and Keras."""
+    """Seed Python, numpy, Keras and its backend."""
     import keras
 
     seed_everything(seed)
@@ -132,41 +140,18 @@ def plot_curves(history: dict[str, list[float]], target: Path) -> Path:
 
 
 def predict(model: Any, ds: Any) -> np.ndarray:
-    """Probabilities for every row of a ``(features, label)`` dataset, in order."""
-    return np.asarray(model.predict(ds.map(lambda x, y: x), verbose=0), np.float64).ravel()
+    """Probabilities for every row of a ``(features, label)`` dataset (:func:`data.make_dataset`),
+    in order (``predict`` reads the features and ignores the label)."""
+    return np.asarray(model.predict(ds, verbose=0), np.float64).ravel()
 
 
 def score_part(model: Any, etl_dir: Path, schema: dict[str, Any], part: str,
                modalities: Sequence[str], batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """``(0/1 labels, predicted probabilities)`` of every row of one ETL part, in file order."""
-    ds = data.make_dataset(data.part_dir(etl_dir, schema, part), schema, batch_size=batch_size,
-                           modalities=tuple(modalities))
-    labels = np.concatenate([y.numpy() for _, y in ds])
+    directory = data.part_dir(etl_dir, schema, part)
+    ds = data.make_dataset(directory, schema, batch_size=batch_size, modalities=tuple(modalities))
+    labels = data.read_frame(directory, [schema["label"]])[schema["label"]].to_numpy(np.float32)
     return labels, predict(model, ds)
-
-
-def predict_features(model: Any, feats: data.Features, batch_size: int = 4096) -> np.ndarray:
-    """Probabilities for in-memory features."""
-    names = {t.name.split(":")[0] for t in model.inputs} if model.inputs else set(feats)
-    inputs = {k: v for k, v in feats.items() if k in names}
-    return np.asarray(model.predict(inputs, batch_size=batch_size, verbose=0), np.float64).ravel()
-
-
-def save_model(model: Any, out_dir: Path) -> Path:
-    """Save the whole model as ``model.keras`` atomically."""
-    target = Path(out_dir) / MODEL_FILE
-    with artifacts.atomic_path(target) as tmp:
-        model.save(tmp)
-    return target
-
-
-def load_model(path: Path) -> Any:
-    """Load a saved ``.keras`` model (registers mmlens' custom layers first)."""
-    import keras
-
-    from mmlens.train import models  # noqa: F401  (registers MaskedMean)
-
-    return keras.saving.load_model(path)
 
 
 UNSEEN_POLICIES = ("zero", "keep")
@@ -301,7 +286,7 @@ def run(
         metrics = {**evaluate.pointwise_metrics(*score_part(
             model, etl_dir, schema, "test", modalities, metrics["batch_size"])),
             "ensemble": ensemble, "members": [evaluate.clean(m) for _, m in members]}
-    model_path = save_model(model, out_dir)
+    model_path = models.save_model(model, out_dir)
     cols = ["userId", "movieId", schema["label"]]
     train = data.read_frame(data.part_dir(etl_dir, schema, "train"), cols)
     test_df = data.read_frame(data.part_dir(etl_dir, schema, "test"), cols)

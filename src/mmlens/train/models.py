@@ -22,34 +22,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
-from keras import ops
 
-from mmlens.train.data import PAD, _modalities, _slots
+from mmlens import artifacts
+from mmlens.train.data import Features, _modalities, _slots
+from mmlens.train.layers import ItemIdGate, MaskedMean, TakeRows, UniqueIds
 
 ITEM_SLOT = "movieId"
 USER_SLOT = "userId"
 GATE_LAYER = "item_id_gate"
-
-
-@keras.saving.register_keras_serializable(package="mmlens")
-class MaskedMean(keras.layers.Layer):
-    """Mean of ``vectors [B, H, D]`` over the positions whose ``ids [B, H]`` are not padding."""
-
-    def __init__(self, pad: int = PAD, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.pad = pad
-
-    def call(self, inputs: list[Any]) -> Any:
-        ids, vectors = inputs
-        mask = ops.expand_dims(ops.cast(ops.not_equal(ids, self.pad), vectors.dtype), -1)
-        return ops.sum(vectors * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "pad": self.pad}
 
 
 def pretrained_layer_name(modality: str) -> str:
@@ -72,40 +57,6 @@ def make_inputs(schema: dict[str, Any], modalities: Sequence[str]) -> dict[str, 
 def _pool(name: str, ids: Any, hot: int, layer: keras.layers.Layer) -> Any:
     vectors = layer(ids)
     return MaskedMean(name=f"{name}_mean")([ids, vectors]) if hot > 1 else vectors
-
-
-@keras.saving.register_keras_serializable(package="mmlens")
-class ItemIdGate(keras.layers.Layer):
-    """``[B, 1]`` keep factor of item codes ``[B]``: 0 outside the ``known`` mask and (training
-    only) for a random ``rate`` share of rows, else 1; kept rows are not rescaled.
-
-    ``known`` is a non-trainable 0/1 weight over the codes, saved with the model; with
-    ``n_codes=0`` every code counts as known.
-    """
-
-    def __init__(self, n_codes: int = 0, rate: float = 0.0, seed: int | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"item dropout rate must be in [0, 1), got {rate}")
-        self.n_codes, self.rate, self.seed = int(n_codes), float(rate), seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.known = (self.add_weight(shape=(self.n_codes,), initializer="ones",
-                                      trainable=False, name="known")
-                      if self.n_codes else None)
-
-    def call(self, ids: Any, training: bool | None = None) -> Any:
-        keep = ops.ones_like(ops.expand_dims(ops.cast(ids, "float32"), -1))
-        if self.known is not None:
-            keep = keep * ops.expand_dims(ops.take(self.known, ops.cast(ids, "int32")), -1)
-        if training and self.rate:
-            draw = keras.random.uniform(ops.shape(keep), seed=self.seed_generator)
-            keep = keep * ops.cast(draw >= self.rate, keep.dtype)
-        return keep
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "n_codes": self.n_codes, "rate": self.rate,
-                "seed": self.seed}
 
 
 def known_mask(cardinality: int, seen_codes: Any) -> np.ndarray:
@@ -150,31 +101,6 @@ def _trainable_features(schema: dict[str, Any], inputs: dict[str, Any], emb_dim:
             vec = keras.layers.Multiply(name="item_id_gated")([vec, keep])
         feats[slot["name"]] = vec
     return feats
-
-
-@keras.saving.register_keras_serializable(package="mmlens")
-class UniqueIds(keras.layers.Layer):
-    """``ids [B]`` -> ``(unique ids [U], inverse [B])`` with ``unique[inverse] == ids``: a frozen
-    table's rows are looked up, normalised and projected once per distinct movie of the batch."""
-
-    def call(self, ids: Any) -> tuple[Any, Any]:
-        import tensorflow as tf
-
-        unique, inverse = tf.unique(ops.reshape(ids, (-1,)))
-        return unique, inverse
-
-    def compute_output_spec(self, ids: Any) -> tuple[Any, Any]:
-        return (keras.KerasTensor((None,), dtype=ids.dtype),
-                keras.KerasTensor((None,), dtype="int32"))
-
-
-@keras.saving.register_keras_serializable(package="mmlens")
-class TakeRows(keras.layers.Layer):
-    """``rows [U, D]`` taken at ``inverse [B]`` -> ``[B, D]``."""
-
-    def call(self, inputs: list[Any]) -> Any:
-        rows, inverse = inputs
-        return ops.take(rows, inverse, axis=0)
 
 
 def _pretrained_features(schema: dict[str, Any], inputs: dict[str, Any],
@@ -365,3 +291,27 @@ def build(variant: str, schema: dict[str, Any], tables: Mapping[str, np.ndarray]
     if variant not in BUILDERS:
         raise ValueError(f"unknown model variant {variant!r}; choose one of {sorted(BUILDERS)}")
     return BUILDERS[variant](schema, tables, **kwargs)
+
+
+MODEL_FILE = "model.keras"
+
+
+def save_model(model: keras.Model, out_dir: Path) -> Path:
+    """Save the whole model (weights, frozen tables, known-items mask) as ``model.keras``,
+    atomically."""
+    target = Path(out_dir) / MODEL_FILE
+    with artifacts.atomic_path(target) as tmp:
+        model.save(tmp)
+    return target
+
+
+def load_model(path: Path) -> keras.Model:
+    """Load a saved ``.keras`` model (this module registers the custom layers it needs)."""
+    return keras.saving.load_model(path)
+
+
+def predict_features(model: keras.Model, feats: Features, batch_size: int = 4096) -> np.ndarray:
+    """Probabilities for in-memory features (keys the model does not read are ignored)."""
+    names = {t.name.split(":")[0] for t in model.inputs} if model.inputs else set(feats)
+    inputs = {k: v for k, v in feats.items() if k in names}
+    return np.asarray(model.predict(inputs, batch_size=batch_size, verbose=0), np.float64).ravel()

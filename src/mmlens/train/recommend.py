@@ -117,11 +117,11 @@ def pair_features(schema: dict[str, Any], items: pd.DataFrame, users: np.ndarray
 def model_score_fn(model: Any, schema: dict[str, Any], items: pd.DataFrame,
                    batch_size: int = 8192) -> ScoreFn:
     """A ``(users, items) -> scores`` function over a Keras model."""
-    from mmlens.train.keras_train import predict_features
+    from mmlens.train import models
 
     def score(users: np.ndarray, item_codes: np.ndarray) -> np.ndarray:
-        return predict_features(model, pair_features(schema, items, users, item_codes),
-                                batch_size=batch_size)
+        return models.predict_features(model, pair_features(schema, items, users, item_codes),
+                                       batch_size=batch_size)
 
     return score
 
@@ -178,11 +178,11 @@ def recommend_for(cfg: Config, user_id: int, k: int = 10, *, split: str = "rando
     Scores every catalog movie (cold ones included); ``exclude_rated`` drops the user's train
     ratings.
     """
-    from mmlens.train.keras_train import MODEL_FILE, load_model
+    from mmlens.train import models
 
     etl_dir, schema = data.require_split(cfg, split)
     model_dir = artifacts.require(cfg, "keras_dir", split=split, variant=variant)
-    model = load_model(model_dir / MODEL_FILE)
+    model = models.load_model(model_dir / models.MODEL_FILE)
     items = catalog_items(etl_dir, schema)
     exclude = rated_movies(etl_dir, schema, user_id) if exclude_rated else None
     out = recommend(model, schema, user_id, k, items=items, workflow_dir=etl_dir / "workflow",
