@@ -1,4 +1,5 @@
-"""The ml-latest-small protocol splits and the metadata text sources (no TF, no shared data)."""
+"""The ml-latest-small protocol: splits, text sources, the report tables, and notebook 10's
+``run_protocol`` end to end on a tiny synthetic release (never on ../shared or datasets/)."""
 
 from __future__ import annotations
 
@@ -55,12 +56,13 @@ def test_cold_split_holds_out_whole_movies_and_a_cold_valid_set() -> None:
     assert len(split.train) + len(split.valid) + len(split.test) == len(ratings)
 
 
-def test_read_protocol_and_missing_shared(tmp_path: Path) -> None:
+def test_read_protocol_and_missing_datasets(tmp_path: Path) -> None:
     (tmp_path / "warm_test_pairs.csv").write_text("userId,movieId\r\n1,2\r\n3,4\r\n")
     (tmp_path / "cold_movies.csv").write_text("movieId\n9\n4\n")
     pairs, cold = protocol.read_protocol(tmp_path)
     assert pairs.to_numpy().tolist() == [[1, 2], [3, 4]] and cold.tolist() == [4, 9]
-    assert protocol.find_shared_data(tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="datasets/ folder"):
+        protocol.datasets_dir(tmp_path)
 
 
 def test_metadata_text_sources(tmp_path: Path) -> None:
@@ -78,3 +80,131 @@ def test_metadata_text_sources(tmp_path: Path) -> None:
     assert text.synopsis_texts(cfg, ids, "title+genres")[0] == "Heat (1995). Genres: Action, Crime"
     with pytest.raises(ValueError, match="text source"):
         text.synopsis_texts(cfg, ids, "plot")
+
+
+def test_baselines_read_the_readme_table(tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text(
+        "# Protocol\n\nText.\n\n| model | features | warm AUC | cold AUC |\n|---|---|---|---|\n"
+        "| user mean | - | 0.7311 | 0.7310 |\n| LightFM (logistic loss) | ids + text | **0.8179** "
+        "| 0.7854 |\n\nNote: | not a row\n")
+    table = protocol.baselines(tmp_path)
+    assert table.columns.tolist() == ["model", "features", "warm", "cold"]
+    assert table["model"].tolist() == ["user mean", "LightFM (logistic loss)"]
+    assert table["warm"].tolist() == [0.7311, 0.8179] and table["cold"].dtype == float
+
+
+def test_seed_range_and_epoch_cap_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(protocol.SEEDS_ENV, raising=False)
+    monkeypatch.delenv(protocol.EPOCHS_ENV, raising=False)
+    assert protocol.seed_range() == (1, 2, 3) and protocol.epoch_cap() is None
+    monkeypatch.setenv(protocol.SEEDS_ENV, "1")
+    monkeypatch.setenv(protocol.EPOCHS_ENV, "2")
+    assert protocol.seed_range() == (1,) and protocol.epoch_cap() == 2
+    assert protocol.seed_range(2) == (1, 2) and protocol.epoch_cap(5) == 5
+    with pytest.raises(ValueError, match="at least one seed"):
+        protocol.seed_range(0)
+    with pytest.raises(ValueError, match="text source"):
+        protocol.source_config(Path("/tmp"), "synopsis")
+
+
+def _summary(n_seeds: int = 2) -> pd.DataFrame:
+    """ablation.run-shaped rows of two text sources (ID-only in the first only)."""
+    rows = []
+    for text_source, variants in zip(protocol.TEXT_SOURCES, [("id-only", "+text"), ("+text",)],
+                                     strict=True):
+        for setting, base in (("warm", 0.80), ("cold", 0.70)):
+            for i, variant in enumerate([*variants, "popularity"]):
+                model = variant != "popularity"
+                auc = base + 0.01 * i + (0.02 if text_source.endswith("tags") else 0)
+                rows.append({"setting": setting, "variant": variant, "text": text_source,
+                             "auc_mean": auc, "auc_std": 0.002 * model,
+                             "ens_auc": auc + 0.005 if model else np.nan,
+                             "n_seeds": n_seeds if model else 1})
+    return pd.DataFrame(rows)
+
+
+def test_comparison_lifts_and_gaps() -> None:
+    summary = _summary()
+    table = protocol.comparison(summary)
+    assert table.columns.tolist() == ["model", "features", "warm", "cold"]
+    # 3 models x (one model, ensemble), then popularity once although both sources have it
+    pair = ["mmlens, one model (2 seeds)", "mmlens, 2-seed ensemble"]
+    assert table["model"].tolist() == pair * 3 + ["popularity"]
+    assert table["features"].iloc[0] == protocol.ID_FEATURES
+    assert table["features"].iloc[5].endswith("text: title+genres+tags")
+    assert table["warm"].iloc[0] == "0.8000 ± 0.0020" and table["cold"].iloc[1] == "0.7050"
+    assert table["warm"].iloc[6] == "0.8200"
+    single = protocol.comparison(_summary(n_seeds=1))
+    assert "ensemble" not in " ".join(single["model"]) and len(single) == 4
+    lift = protocol.lifts(summary).set_index(["text", "setting"])
+    assert lift.loc[("title+genres", "cold"), "lift"] == pytest.approx(0.01)
+    assert lift.loc[("title+genres+tags", "warm"), "ens_lift"] == pytest.approx(0.02)
+    assert lift["spread"].tolist() == [0.002] * 4
+    base = pd.DataFrame({"model": ["a", "b"], "features": ["x", "y"], "warm": [0.79, 0.81],
+                         "cold": [0.75, 0.70]})
+    gaps = protocol.against_baselines(summary, base).set_index("setting")
+    assert gaps.loc["warm", "best baseline"] == "b: y"
+    assert gaps.loc["warm", "gap"] == pytest.approx(0.82 - 0.81)
+    assert gaps.loc["cold", "ens_gap"] == pytest.approx(0.725 - 0.75)
+
+
+def _release(root: Path, n_users: int = 40, n_movies: int = 30) -> Path:
+    """A tiny ml-latest-small-shaped release and protocol under ``root``."""
+    rng = np.random.default_rng(7)
+    release, proto = root / protocol.RELEASE_DIR, root / protocol.PROTOCOL_DIR
+    release.mkdir(parents=True)
+    proto.mkdir()
+    genres = ["Comedy", "Drama", "Horror", "Action|Thriller"]
+    movies = pd.DataFrame({"movieId": np.arange(1, n_movies + 1),
+                           "title": [f"Movie {i} ({1980 + i})" for i in range(1, n_movies + 1)],
+                           "genres": [genres[i % 4] for i in range(n_movies)]})
+    taste = rng.normal(size=n_users)
+    rows = [(u, m, float(np.clip(np.round(2 * (3 + taste[u - 1] * (m % 4 - 1.5) / 2
+                                                 + rng.normal(0, 0.7))) / 2, 0.5, 5)), 1000 + m)
+            for u in range(1, n_users + 1) for m in range(1, n_movies + 1) if rng.random() < 0.6]
+    ratings = pd.DataFrame(rows, columns=["userId", "movieId", "rating", "timestamp"])
+    movies.to_csv(release / "movies.csv", index=False)
+    ratings.to_csv(release / "ratings.csv", index=False)
+    pd.DataFrame({"movieId": movies["movieId"], "imdbId": [f"{i:07d}" for i in movies["movieId"]],
+                  "tmdbId": movies["movieId"] + 100}).to_csv(release / "links.csv", index=False)
+    pd.DataFrame({"userId": [1, 2, 3], "movieId": [1, 1, 5], "tag": ["funny", "cult", "gory"],
+                  "timestamp": [5, 6, 7]}).to_csv(release / "tags.csv", index=False)
+    ratings.sample(frac=0.2, random_state=1)[["userId", "movieId"]].to_csv(
+        proto / "warm_test_pairs.csv", index=False)
+    pd.DataFrame({"movieId": [3, 8, 13, 21, 26]}).to_csv(proto / "cold_movies.csv", index=False)
+    return root
+
+
+@pytest.mark.slow
+def test_run_protocol_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmlens._nb.real_data_protocol import run_protocol
+    from mmlens.train import ablation, evaluate
+
+    datasets = _release(tmp_path / "datasets")
+    calls: list[tuple[np.ndarray, list[np.ndarray], dict[str, float]]] = []
+    original = ablation.seed_ensemble
+
+    def recording(labels: np.ndarray, probs: list[np.ndarray]) -> dict[str, float]:
+        calls.append((labels, list(probs), out := original(labels, probs)))
+        return out
+
+    monkeypatch.setattr(ablation, "seed_ensemble", recording)
+    summary = run_protocol(tmp_path / "work", datasets, (1, 2), epochs=1, patience=1, refit=False)
+    models = summary[summary["variant"] != "popularity"]
+    assert sorted(zip(models["variant"], models["text"], models["setting"], strict=True)) == sorted(
+        [("id-only", "title+genres", s) for s in ("warm", "cold")]
+        + [("+text", t, s) for t in protocol.TEXT_SOURCES for s in ("warm", "cold")])
+    assert (models["n_seeds"] == 2).all() and models["auc_mean"].between(0, 1).all()
+    # the seed ensemble scores the mean of the two seeds' probabilities on the same test rows
+    assert len(calls) == len(models)
+    for labels, probs, out in calls:
+        assert len(probs) == 2 and all(p.shape == labels.shape for p in probs)
+        assert out["auc"] == pytest.approx(evaluate.auc(labels, (probs[0] + probs[1]) / 2))
+    assert sorted(models["ens_auc"]) == pytest.approx(sorted(out["auc"] for *_, out in calls))
+    pairs = pd.read_csv(datasets / protocol.PROTOCOL_DIR / "warm_test_pairs.csv")
+    assert len(calls[0][0]) == len(pairs)  # the first call: warm, ID-only, on the protocol's pairs
+    texts = [text.synopsis_texts(protocol.source_config(tmp_path / "work", s), np.array([1]), s)[0]
+             for s in protocol.TEXT_SOURCES]
+    assert texts == ["Movie 1 (1981). Genres: Comedy",
+                     "Movie 1 (1981). Genres: Comedy. Tags: cult, funny"]
+    assert len(protocol.comparison(summary)) == 7
