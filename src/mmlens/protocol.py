@@ -168,16 +168,18 @@ def write_store(cfg: Config, protocol_dir: Path, *, modalities: tuple[str, ...] 
     return summary
 
 
-def prepare(cfg: Config, shared_data: Path, *, text_source: str = TEXT_SOURCE,
+def prepare(cfg: Config, datasets: Path, *, text_source: str = TEXT_SOURCE,
             text_batch_size: int = 64) -> dict[str, Any]:
-    """01 (convert), 04 (text embeddings of ``text_source``), 05 (protocol splits) and 06 (ETL)
-    for ``cfg`` (dataset ``ml-latest-small``); returns the split sizes."""
+    """01 (convert), 04 (text embeddings of ``text_source`` with the packaged all-MiniLM-L6-v2),
+    05 (protocol splits) and 06 (ETL) for ``cfg`` (dataset ``ml-latest-small``); returns the split
+    sizes."""
     from mmlens import etl
     from mmlens.features import text
 
-    convert_release(cfg, Path(shared_data) / RELEASE_DIR)
-    text.run(cfg, text_source=text_source, batch_size=text_batch_size)
-    summary = write_store(cfg, Path(shared_data) / PROTOCOL_DIR)
+    convert_release(cfg, Path(datasets) / RELEASE_DIR)
+    # the protocol's encoder (its baselines used it), never the real-data default BERT
+    text.run(cfg, model_id=text.MINILM_NAME, text_source=text_source, batch_size=text_batch_size)
+    summary = write_store(cfg, Path(datasets) / PROTOCOL_DIR)
     etl.run(cfg, splits=tuple(SPLIT_NAMES.values()))
     return summary
 
