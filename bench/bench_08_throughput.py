@@ -92,7 +92,7 @@ def epoch_timer(etl_dir: Path, schema: dict[str, Any], modalities: tuple[str, ..
         ds = ds.cache()
     model = models.build("mlp", schema, data.load_tables(etl_dir, schema, modalities),
                          modalities=modalities, **keras_train.DEFAULT_MODEL_OPTIONS)
-    keras_train.compile_model(model)
+    models.compile_model(model)
 
     def epochs() -> float:
         start = time.perf_counter()

@@ -70,7 +70,7 @@ def test_frozen_tables_unchanged_while_model_learns(world: dict[str, Any]) -> No
     for m in tables:  # stored with unit rows (normalize=True), the same direction as given
         np.testing.assert_allclose(before[m], models.unit_rows(tables[m]), rtol=1e-6)
         assert not model.get_layer(f"pretrained_{m}").trainable
-    keras_train.compile_model(model, lr=1e-2)
+    models.compile_model(model, lr=1e-2)
     history = keras_train.fit(model, _ds(world, "train", batch_size=64, shuffle=True),
                               _ds(world, "valid", batch_size=256), epochs=6, patience=10)
     for m in tables:
@@ -84,7 +84,7 @@ def test_fine_tune_moves_the_tables(world: dict[str, Any]) -> None:
     schema, tables = world["schemas"]["random"], world["tables"]["random"]
     model = models.build_mlp(schema, tables, modalities=("text",), emb_dim=4, mlp=(8,),
                              trainable_tables=True)
-    keras_train.compile_model(model, lr=1e-2)
+    models.compile_model(model, lr=1e-2)
     model.fit(_ds(world, "train", batch_size=64, modalities=("text",)), epochs=1, verbose=0,
               shuffle=False)
     assert model.get_layer("pretrained_text").trainable
@@ -281,7 +281,7 @@ def test_unseen_movies_share_one_zero_id_vector(world: dict[str, Any], tmp_path:
     seen = data.seen_codes(world["dirs"]["cold-items"] / "train", schema, "movieId")
     cold = schema["cold_movie_codes"]
     assert not set(cold) & set(seen.tolist())
-    known = models.known_mask(card, seen)
+    known = layers.known_mask(card, seen)
     keras_train.set_seed(0)
     model = models.build_wide_deep(schema, tables, emb_dim=4, mlp=(8,), known_items=known,
                                    tower=True, item_dropout=0.3)
@@ -303,7 +303,7 @@ def test_unseen_movies_share_one_zero_id_vector(world: dict[str, Any], tmp_path:
     with pytest.raises(ValueError, match="known_items"):
         models.build_mlp(schema, tables, known_items=known[:-1])
     with pytest.raises(ValueError, match="outside"):
-        models.known_mask(card, [card])
+        layers.known_mask(card, [card])
 
 
 def test_item_dropout_only_while_training() -> None:
@@ -338,7 +338,7 @@ def test_refit_trains_on_train_and_valid_for_the_chosen_epochs(world: dict[str, 
     model, metrics = keras_train.train_and_evaluate(
         etl_dir, schema, modalities=("text",), epochs=3, seed=1, batch_size=64, refit=True)
     assert metrics["refit"] and 1 <= metrics["best_epoch"] <= metrics["epochs_run"] <= 3
-    known = model.get_layer(models.GATE_LAYER).get_weights()[0]
+    known = model.get_layer(layers.GATE_LAYER).get_weights()[0]
     valid_movies = data.seen_codes(parts[1], schema, "movieId")
     assert known[valid_movies].all()  # the refit model has seen the validation movies
     assert not known[schema["cold_movie_codes"]].any()  # test movies stay unknown
@@ -470,3 +470,14 @@ def test_training_modules_import_no_circle() -> None:
     assert graph["mmlens.train.keras_train"] >= {"mmlens.train.recommend"}
     for start in graph:
         assert cycle_from(start, ()) is None, " -> ".join(cycle_from(start, ()) or ())
+
+
+def test_in_memory_batches_are_copies_of_the_part() -> None:
+    """A backend may reuse a yielded array's buffer: the next epoch must still read the part."""
+    part = ({"x": np.arange(10)}, np.zeros(10, np.float32))
+    first = list(data.owned_batches(part, 4))
+    first[0][1][:] = 2440.0  # what TensorFlow did to validation labels that were views
+    first[0][0]["x"][:] = -1
+    again = list(data.owned_batches(part, 4))
+    assert [len(y) for _, y in again] == [4, 4, 2] and (again[0][1] == 0).all()
+    assert again[0][0]["x"].tolist() == [0, 1, 2, 3]

@@ -22,6 +22,7 @@ from mmlens import artifacts
 from mmlens.config import Config
 
 PAD = 0  # Categorify's padding code
+USER_SLOT, ITEM_SLOT = "userId", "movieId"
 IN_MEMORY_MAX_ROWS = 2_000_000
 RATING_COLUMN = "rating"  # the raw star rating the ETL carries beside the 0/1 label
 RATING_RANGE = (0.5, 5.0)
@@ -229,6 +230,16 @@ def rebatch(chunks: Iterator[tuple[Features, np.ndarray]], batch_size: int, *,
         yield carry
 
 
+def owned_batches(part: tuple[Features, np.ndarray], batch_size: int, *,
+                  rng: np.random.Generator | None = None) -> Iterator[tuple[Features, np.ndarray]]:
+    """:func:`rebatch` of an in-memory part, every batch a copy. TensorFlow (and torch) may wrap
+    a yielded numpy array without copying and later reuse that buffer for an op's output: a
+    view into ``part``, which every epoch reads again, came back corrupted (validation labels
+    of 2440 after a few epochs)."""
+    for feats, labels in rebatch(iter([part]), batch_size, rng=rng):
+        yield {k: v.copy() for k, v in feats.items()}, labels.copy()
+
+
 def make_dataset(
     directory: Parts,
     schema: dict[str, Any],
@@ -260,7 +271,7 @@ def make_dataset(
         part = read_part(directory, schema, modalities, rating_mix)
 
         def batches(size: int) -> Iterator[tuple[Features, np.ndarray]]:
-            return rebatch(iter([part]), size, rng=rng)
+            return owned_batches(part, size, rng=rng)
     else:
         chunk = SHUFFLE_BATCHES * batch_size
 

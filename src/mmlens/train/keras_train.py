@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,15 +64,6 @@ def set_seed(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def compile_model(model: Any, lr: float = 1e-3) -> Any:
-    import keras
-
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr),
-                  loss=keras.losses.BinaryCrossentropy(),
-                  metrics=[keras.metrics.AUC(name="auc")], jit_compile=False)
-    return model
-
-
 def fit(
     model: Any,
     train_ds: Any,
@@ -89,12 +81,13 @@ def fit(
     """
     import keras
 
+    from mmlens.train import models
+
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if not getattr(model, "compiled", False):
-        compile_model(model, lr)
-    callbacks: list[Any] = [keras.callbacks.EarlyStopping(
-        monitor="val_auc", mode="max", patience=patience, restore_best_weights=True)]
+        models.compile_model(model, lr)
+    callbacks: list[Any] = [models.early_stopping(patience)]
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         callbacks.append(keras.callbacks.ModelCheckpoint(
@@ -181,7 +174,7 @@ def train_and_evaluate(
 
     ``batch_size`` is an upper bound, see :func:`effective_batch_size`. ``model_options`` go to
     the builder (default :data:`DEFAULT_MODEL_OPTIONS`). ``unseen_items="zero"`` treats movies
-    absent from the train part as unknown (zero id vector, :func:`models.known_mask`), at
+    absent from the train part as unknown (zero id vector, :func:`layers.known_mask`), at
     validation, test and recommendation time; ``"keep"`` leaves their untrained id vectors.
     ``refit``: once early stopping has chosen the epoch count on the validation part, train a
     fresh model (same seed) on train + valid for that many epochs and score that one; the test
@@ -229,19 +222,19 @@ def train_and_evaluate(
 def _new_model(spec: dict[str, Any], train_parts: data.Parts) -> Any:
     """A compiled model of ``spec``; with ``unseen_items="zero"``, movies absent from
     ``train_parts`` are unknown to it."""
-    from mmlens.train import models
+    from mmlens.train import layers, models
 
     options = dict(spec["options"])
     schema = spec["schema"]
     if spec["unseen_items"] == "zero":
-        card = next(s["cardinality"] for s in schema["slots"] if s["name"] == models.ITEM_SLOT)
-        seen = data.seen_codes(train_parts, schema, models.ITEM_SLOT)
-        options["known_items"] = models.known_mask(card, seen)
+        card = next(s["cardinality"] for s in schema["slots"] if s["name"] == data.ITEM_SLOT)
+        seen = data.seen_codes(train_parts, schema, data.ITEM_SLOT)
+        options["known_items"] = layers.known_mask(card, seen)
     with strategy_scope():
         model = models.build(spec["variant"], schema, spec["tables"],
                              modalities=spec["modalities"], trainable_tables=spec["fine_tune"],
                              name=spec["name"], **options)
-        compile_model(model, spec["lr"])
+        models.compile_model(model, spec["lr"])
     return model
 
 
@@ -273,6 +266,7 @@ def run(
 
     if ensemble < 1:
         raise ValueError(f"ensemble must be >= 1, got {ensemble}")
+    start = time.perf_counter()
     seed = cfg.seed if seed is None else seed
     etl_dir, schema = data.require_split(cfg, split)
     out_dir = artifacts.path(cfg, "keras_dir", split=split, variant=variant)
@@ -298,13 +292,33 @@ def run(
             score_fn, test_df, train, items["movieId"].to_numpy(), label_col=schema["label"],
             seed=seed))
     metrics.update({"modalities": list(modalities), "fine_tune": fine_tune, "seed": seed,
-                    "model": str(model_path)})
+                    "model": str(model_path), "seconds": round(time.perf_counter() - start, 1),
+                    "train_rows": len(train)})
     evaluate.update_metrics(cfg, "08", (split, variant), metrics)
-    kind = f" ({ensemble}-seed ensemble)" if ensemble > 1 else ""
-    print(f"08 {split}/{variant}{kind} {'+'.join(modalities) or 'id-only'}: test AUC "
-          f"{metrics['auc']:.4f}, logloss {metrics['logloss']:.4f} "
-          f"(popularity AUC {metrics['popularity']['auc']:.4f}); saved {model_path}")
+    print("\n".join(summary_lines(f"{split}/{variant}", metrics,
+                                   model_path.relative_to(cfg.dataset_dir).parent)))
     return evaluate.clean(metrics)
+
+
+def summary_lines(name: str, metrics: dict[str, Any], saved: Path) -> list[str]:
+    """What :func:`run` did, in four lines or five."""
+    first = metrics["members"][0] if "members" in metrics else metrics
+    kind = f", {metrics['ensemble']}-seed ensemble" if "members" in metrics else ""
+    pop = metrics["popularity"]["auc"]
+    epochs = f"{first['epochs_run']} epochs (best {first['best_epoch']})"
+    lines = [f"08 {name}, {'+'.join(metrics['modalities']) or 'id-only'}{kind}: trained on "
+             f"{metrics['train_rows']:,} rows, {epochs if not kind else 'first seed ' + epochs}"
+             f", batch {first['batch_size']}, {metrics['seconds']:.0f} s",
+             f"  test, {metrics['rows']:,} rows: AUC {metrics['auc']:.4f}, logloss "
+             f"{metrics['logloss']:.4f} (popularity AUC {pop:.4f})"]
+    if "members" in metrics:
+        each = ", ".join(f"{m['auc']:.4f}" for m in metrics["members"])
+        lines.append(f"  each seed alone: AUC {each}")
+    if "hr@10" in metrics:
+        lines.append(f"  ranking, {metrics['positives']:,} liked test pairs each among "
+                     f"{metrics['n_neg']} sampled negatives: HR@10 {metrics['hr@10']:.4f}, "
+                     f"NDCG@10 {metrics['ndcg@10']:.4f}")
+    return [*lines, f"  saved {saved}/ (model.keras, history.json, curves.png)"]
 
 
 def history_of(out_dir: Path) -> dict[str, list[float]]:

@@ -1,14 +1,19 @@
-"""The custom Keras layers of the mmlens models: ``keras.ops`` only, so they run on every Keras 3
-backend (TensorFlow here, torch in the Merlin container), and registered, so saved models load."""
+"""The custom Keras layers of the mmlens models and the schema plumbing around them (one
+``keras.Input`` per ETL slot, the known-movie gate). ``keras.ops`` only, so they run on every Keras
+3 backend (TensorFlow here, torch in the Merlin container); registered, so saved models load."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
-from mmlens.train.data import PAD
+from mmlens.train.data import ITEM_SLOT, PAD, _modalities, _slots
+
+GATE_LAYER = "item_id_gate"
 
 
 @keras.saving.register_keras_serializable(package="mmlens")
@@ -88,3 +93,48 @@ class TakeRows(keras.layers.Layer):
     def call(self, inputs: list[Any]) -> Any:
         rows, inverse = inputs
         return ops.take(rows, inverse, axis=0)
+
+
+def schema_inputs(schema: dict[str, Any], tables: Mapping[str, np.ndarray],
+                  modalities: Sequence[str] | None) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """One ``keras.Input`` per slot (and ``has_<m>`` flag) that a model over ``modalities``
+    (``None``: every pretrained table of the schema) reads, and those modalities, checked."""
+    mods = tuple(_modalities(schema, None if modalities is None else tuple(modalities)))
+    missing = [m for m in mods if m not in tables]
+    if missing:
+        raise ValueError(f"no pretrained table given for modality {missing[0]!r}")
+    inputs: dict[str, Any] = {}
+    for slot in _slots(schema, mods):
+        hot = int(slot["hotness"])
+        inputs[slot["name"]] = keras.Input(shape=(hot,) if hot > 1 else (), dtype="int64",
+                                           name=slot["name"])
+    for m in mods:
+        flag = schema["pretrained"][m]["has_column"]
+        inputs[flag] = keras.Input(shape=(), dtype="float32", name=flag)
+    return inputs, mods
+
+
+def known_mask(cardinality: int, seen_codes: Any) -> np.ndarray:
+    """float32 ``[cardinality]``: 1 for the codes in ``seen_codes`` (e.g. movies in train)."""
+    mask = np.zeros(int(cardinality), np.float32)
+    codes = np.asarray(seen_codes, np.int64)
+    if codes.size and (codes.min() < 0 or codes.max() >= cardinality):
+        raise ValueError(f"seen codes outside 0..{cardinality - 1}")
+    mask[codes] = 1.0
+    return mask
+
+
+def item_gate(schema: dict[str, Any], inputs: Mapping[str, Any], known_items: np.ndarray | None,
+              rate: float) -> Any:
+    """The ``[B, 1]`` keep factor of the batch's movies (:class:`ItemIdGate` holding the
+    ``known_items`` mask), or None when neither a mask nor item dropout is asked for."""
+    if known_items is None and not rate:
+        return None
+    card = next(s["cardinality"] for s in schema["slots"] if s["name"] == ITEM_SLOT)
+    if known_items is not None and np.shape(known_items) != (card,):
+        raise ValueError(f"known_items must have shape ({card},), got {np.shape(known_items)}")
+    gate = ItemIdGate(0 if known_items is None else card, rate, name=GATE_LAYER)
+    keep = gate(inputs[ITEM_SLOT])
+    if known_items is not None:
+        gate.set_weights([np.asarray(known_items, np.float32)])
+    return keep

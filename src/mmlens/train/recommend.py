@@ -18,10 +18,9 @@ import pandas as pd
 from mmlens import artifacts
 from mmlens.config import Config
 from mmlens.train import data
+from mmlens.train.data import ITEM_SLOT, USER_SLOT
 from mmlens.train.evaluate import ScoreFn
 
-USER_SLOT = "userId"
-ITEM_SLOT = "movieId"
 NVT_RESERVED = {"pad": 0, "null": 1, "oov": 2}  # NVTabular 23.8 Categorify, when schema lacks it
 
 
