@@ -189,7 +189,7 @@ ID_FEATURES = "ids + genres + year"
 
 def _features(variant: str, text: str) -> str:
     if variant == "popularity":
-        return "the movie's share of liked train ratings"
+        return "the movie's smoothed share of liked train ratings"
     return ID_FEATURES if variant == "id-only" else f"{ID_FEATURES} + text: {text}"
 
 
