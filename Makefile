@@ -66,3 +66,16 @@ lock: $(STAMP)
 
 clean:
 	rm -rf $(RUNS) data .pytest_cache
+
+# make container-check: the Merlin HugeCTR 23.08 image's Python side, replicated on this CPU
+# machine (container/README.md): a Python 3.10 venv ($(CONTAINER_VENV), rebuilt when its inputs
+# change) with the image's packages (requirements/container-image.txt) and the Dockerfile's lock
+# (requirements/gpu.txt) held to the image's pins; pip check; every mmlens module imports;
+# notebooks 03 04 06 07 08 run in sample mode with KERAS_BACKEND=torch. Cannot match the image:
+# cuDF, HugeCTR and RAPIDS' pyarrow build (GPU-only or no pip package: NVTabular runs on pandas,
+# 07 writes the HugeCTR script and trains its Keras stand-in); torch is PyPI's CUDA 12.4 build of
+# 2.5.1, run on the CPU (the image's: the CUDA 12.1 build); fsspec 2022.7.1 (image: 2022.5.0).
+CONTAINER_VENV ?= .venv-container
+.PHONY: container-check
+container-check:
+	CONTAINER_VENV=$(CONTAINER_VENV) bash container/check.sh
