@@ -1,6 +1,6 @@
 """Stages 07-09: HugeCTR script generation, Keras training, evaluation and the ablation.
 
-Importing this package is cheap; TensorFlow loads only when a model is built or trained.
+Importing this package is cheap; Keras and its backend load only when a model is built or trained.
 
 - 07 :func:`mmlens.train.hugectr_script.run`
 - 08 :func:`run_keras` (:func:`mmlens.train.keras_train.run`)
@@ -16,7 +16,7 @@ from mmlens.config import Config
 
 def run_keras(cfg: Config, **options: Any) -> dict[str, Any]:
     """Notebook 08: train and evaluate a Keras model; options and defaults are those of
-    :func:`mmlens.train.keras_train.run` (imported here lazily, with TensorFlow)."""
+    :func:`mmlens.train.keras_train.run` (imported here lazily, with Keras)."""
     from mmlens.train import keras_train
 
     return keras_train.run(cfg, **options)
