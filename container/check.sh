@@ -71,10 +71,12 @@ install_replica() {
 }
 
 ensure_replica() {
+  local python
   if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.inputs" 2>/dev/null)" = "$(inputs_hash)" ]; then
     say "replica $VENV is current"
   else
-    install_replica "$(python310)"
+    python=$(python310)
+    install_replica "$python"
   fi
 }
 
