@@ -134,6 +134,9 @@ def test_comparison_lifts_and_gaps() -> None:
     assert table["features"].iloc[5].endswith("text: title+genres+tags")
     assert table["warm"].iloc[0] == "0.8000 ± 0.0020" and table["cold"].iloc[1] == "0.7050"
     assert table["warm"].iloc[6] == "0.8200"
+    shuffled = protocol.comparison(summary.iloc[::-1])  # e.g. rows read back from json
+    assert shuffled["features"].iloc[0] == protocol.ID_FEATURES
+    assert shuffled["model"].iloc[-1] == "popularity"
     single = protocol.comparison(_summary(n_seeds=1))
     assert "ensemble" not in " ".join(single["model"]) and len(single) == 4
     lift = protocol.lifts(summary).set_index(["text", "setting"])

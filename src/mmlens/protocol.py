@@ -195,12 +195,14 @@ def _features(variant: str, text: str) -> str:
 
 def comparison(summary: pd.DataFrame) -> pd.DataFrame:
     """The protocol's result for a reader: per model (one model: mean ± std over seeds; the seed
-    ensemble; popularity last) and features, the warm and cold test AUC as text. ``summary``
-    holds :func:`mmlens.train.ablation.run` rows with a ``text`` column (the text source)."""
+    ensemble; ID-only first, popularity last) and features, the warm and cold test AUC as text.
+    ``summary`` holds :func:`mmlens.train.ablation.run` rows with a ``text`` column (the text
+    source)."""
     s = summary.assign(features=[_features(v, t) for v, t in
                                  zip(summary["variant"], summary["text"], strict=True)])
-    s = s.drop_duplicates(["setting", "features"])
-    s = pd.concat([s[s["variant"] != "popularity"], s[s["variant"] == "popularity"]])
+    rank = s["variant"].map({"id-only": 0, "popularity": 2}).fillna(1)
+    s = s.assign(rank=rank).sort_values("rank", kind="stable").drop_duplicates(
+        ["setting", "features"])
     n = int(s["n_seeds"].max())
     by = s.set_index(["features", "setting"])
     rows = []
