@@ -78,7 +78,7 @@ def _neighbour_table(cfg: Config, modality: str, query_row: int, k: int) -> pd.D
     near = neighbours.nearest(emb, index[f"has_{modality}"].to_numpy(), query_row, k)
     rows = pd.concat([pd.DataFrame({"row": [query_row], "similarity": [1.0]}), near])
     movies = _movies(cfg)
-    table = rows.assign(movieId=index["movieId"].to_numpy()[rows["row"]]).merge(
+    table = rows.assign(movieId=index["movieId"].to_numpy()[rows["row"].to_numpy()]).merge(
         movies[["movieId", "title", "genres"]], on="movieId", how="left"
     )
     table.insert(0, "role", ["query"] + [f"#{i}" for i in range(1, len(table))])

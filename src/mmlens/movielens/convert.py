@@ -257,7 +257,7 @@ def clean_tags(tags: pa.Table | None, catalog: np.ndarray, report: TableReport) 
     report.rows_read = len(tags)
     tags = _drop_nulls(tags, report)
     blank = pc.or_(pc.utf8_is_space(tags["tag"]), pc.equal(pc.utf8_length(tags["tag"]), 0))
-    empty = blank.to_numpy(zero_copy_only=False)
+    empty = blank.to_numpy()  # no nulls left; pyarrow 10 (the image's) has no zero_copy_only here
     unknown = ~np.isin(tags["movieId"].to_numpy(), catalog) & ~empty
     report.drop("empty_tag", int(empty.sum()))
     report.drop("unknown_movie", int(unknown.sum()))

@@ -304,7 +304,8 @@ def _run_keras_equivalent(etl_dir: Path, schema: dict[str, Any], opts: Any) -> d
         epochs=opts.epochs, seed=opts.seed, batch_size=opts.batch_size, lr=opts.lr,
         unseen_items="keep",
         model_options={"mlp": tuple(opts.mlp), "emb_dim": opts.emb_dim, "project_dim": None,
-                       "has_flags": False, "normalize": False, "tower": False,
+                       # has-flags kept: Keras 3.12 (the container's) refuses unused inputs
+                       "has_flags": True, "normalize": False, "tower": False,
                        "item_dropout": 0.0})
     metrics["valid"] = evaluate.pointwise_metrics(*keras_train.score_part(
         model, etl_dir, schema, "valid", modalities, metrics["batch_size"]))

@@ -67,19 +67,33 @@ class ItemIdGate(keras.layers.Layer):
                 "seed": self.seed}
 
 
+def unique_with_inverse(flat: Any) -> tuple[Any, Any]:
+    """``(unique, inverse)`` of a 1-D tensor with the active backend's own op: ``tf.unique``
+    (first-occurrence order) or ``torch.unique`` (sorted). ``keras.ops.unique`` exists only from
+    Keras 3.13, and the Merlin container's Python 3.10 stops at Keras 3.12."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tuple(tf.unique(flat))
+    if backend == "torch":
+        import torch
+
+        return torch.unique(flat, return_inverse=True)
+    raise NotImplementedError(f"UniqueIds: tensorflow or torch backend, not {backend}")
+
+
 @keras.saving.register_keras_serializable(package="mmlens")
 class UniqueIds(keras.layers.Layer):
     """``ids [B]`` -> ``(unique ids [U], inverse [B])`` with ``unique[inverse] == ids``: a frozen
     table's rows are looked up, normalised and projected once per distinct movie of the batch.
 
-    ``keras.ops.unique(sorted=False)`` is ``tf.unique`` on TensorFlow (first-occurrence order)
-    and ``torch.unique`` on torch (sorted): the order of ``unique`` differs, ``unique[inverse]``
-    does not.
+    The order of ``unique`` differs between backends (:func:`unique_with_inverse`),
+    ``unique[inverse]`` does not.
     """
 
     def call(self, ids: Any) -> tuple[Any, Any]:
-        unique, inverse = ops.unique(ops.reshape(ids, (-1,)), sorted=False, return_inverse=True)
-        return unique, inverse
+        return unique_with_inverse(ops.reshape(ids, (-1,)))
 
     def compute_output_spec(self, ids: Any) -> tuple[Any, Any]:
         return (keras.KerasTensor((None,), dtype=ids.dtype),
