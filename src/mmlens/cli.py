@@ -2,7 +2,7 @@
 
     python -m mmlens 01                 # download + convert (sample: from the local mirror)
     python -m mmlens 03 -o batch_size=16 -o shard="(0, 2)"
-    python -m mmlens all                # 01..09 in order
+    python -m mmlens all                # 01..09 in order (10 runs the real-data protocol alone)
     python -m mmlens demo --out runs/demo   # execute every notebook, print the metrics table
     python -m mmlens serve              # run the sample mirror in the foreground
     python -m mmlens export [--check]   # notebooks' #@save cells -> src/mmlens/_nb/ (or compare)
@@ -45,9 +45,13 @@ STAGES: dict[str, tuple[str, str]] = {
     "07": ("mmlens.train.hugectr_script", "run"),
     "08": ("mmlens.train", "run_keras"),
     "09": ("mmlens.train.ablation", "run"),
+    "10": ("mmlens.protocol", "run"),  # real ml-latest-small from datasets/, whatever --dataset
 }
 # Stage functions that forward ``**options``: the function whose signature lists them.
 OPTIONS_OF: dict[str, tuple[str, str]] = {"08": ("mmlens.train.keras_train", "run")}
+
+
+PIPELINE = tuple(s for s in STAGES if s != "10")  # `all`: the series on one dataset, 01..09
 
 
 def stage_function(stage: str) -> Callable[..., Any]:
@@ -145,12 +149,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     )
     options = dict(args.option)
     if options and args.command not in STAGES:
-        raise UserError(f"-o options go to one numbered stage (01..09), not to {args.command!r}")
+        raise UserError(f"-o options go to one numbered stage (01..10), not to {args.command!r}")
     if args.command in STAGES:
         check_options(args.command, options)
         run_stage(cfg, args.command, **options)
     elif args.command == "all":
-        for stage in STAGES:
+        for stage in PIPELINE:
             run_stage(cfg, stage)
     elif args.command in ("demo", "notebooks"):
         return _notebooks(cfg, args)
