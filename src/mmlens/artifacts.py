@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mmlens.config import Config
+from mmlens.errors import UserError
 
 NOTEBOOKS = {
     "00": "00-Intro.ipynb",
@@ -37,7 +38,7 @@ SPLITS = ("random", "temporal", "cold-items")
 MODALITIES = ("poster", "text")
 
 
-class MissingArtifactError(FileNotFoundError):
+class MissingArtifactError(UserError, FileNotFoundError):
     """An input of a stage does not exist: an earlier notebook has not run (or failed)."""
 
 

@@ -30,7 +30,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from mmlens.artifacts import MissingArtifactError
 from mmlens.config import Config
 from mmlens.errors import UserError
 
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     unreachable host) is printed in one line with exit status 2, a bug with its traceback."""
     try:
         return _dispatch(_parser().parse_args(argv))
-    except (UserError, MissingArtifactError) as err:
+    except UserError as err:  # MissingArtifactError included
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
