@@ -82,6 +82,8 @@ def execute(
         timeout=timeout,
         kernel_name="python3",
         resources={"metadata": {"path": str(notebook.parent)}},
+        # the kernel's own start-up warnings (e.g. about its loopback TCP transport) are not output
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
     )
     start = time.perf_counter()
     with _environ(dict(env or {})):
