@@ -150,3 +150,17 @@ def test_strip_prefix_makes_output_paths_relative() -> None:
 def test_committed_outputs_show_no_absolute_run_paths(nb_path: Path) -> None:
     text = nb_path.read_text(encoding="utf-8")
     assert re.search(r"/[\w.-]+/[\w./-]*runs/notebooks/data", text) is None
+
+
+def test_tidy_streams_merges_streams_and_keeps_a_bars_last_state() -> None:
+    out = nbformat.v4.new_output
+    cell = nbformat.v4.new_code_cell("x", outputs=[
+        out("stream", name="stderr", text="bar:   0%|  | 0/2\r"),
+        out("stream", name="stderr", text="bar:  50%|# | 1/2\rbar: 100%|##| 2/2\n"),
+        out("stream", name="stdout", text="done\n"),
+        out("stream", name="stderr", text="later\n"),
+    ])
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    notebooks.tidy_streams(nb)
+    assert [(o.name, o.text) for o in nb.cells[0].outputs] == [
+        ("stderr", "bar: 100%|##| 2/2\n"), ("stdout", "done\n"), ("stderr", "later\n")]

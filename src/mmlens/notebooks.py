@@ -60,6 +60,26 @@ def strip_prefix(nb: Any, prefix: str) -> int:
     return removed
 
 
+def tidy_streams(nb: Any) -> None:
+    """Merge each cell's consecutive stream outputs of one name (stdout, stderr) and keep what a
+    notebook shows of a progress bar: the text after a line's last carriage return."""
+    for cell in nb.cells:
+        merged: list[Any] = []
+        for out in cell.get("outputs", []):
+            last = merged[-1] if merged else None
+            if (out.get("output_type") == "stream" and last is not None
+                    and last.get("output_type") == "stream" and last["name"] == out["name"]):
+                last["text"] += out["text"]
+            else:
+                merged.append(out)
+        for out in merged:
+            if out.get("output_type") == "stream":
+                lines = out["text"].split("\n")
+                out["text"] = "\n".join(line.rsplit("\r", 1)[-1] for line in lines)
+        if "outputs" in cell:
+            cell["outputs"] = merged
+
+
 def execute(
     notebook: Path,
     out_path: Path | None = None,
@@ -93,6 +113,7 @@ def execute(
             if out_path is not None:
                 out_path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = out_path.with_name(f".tmp-{out_path.name}")
+                tidy_streams(nb)
                 if relative_to is not None:
                     strip_prefix(nb, f"{Path(relative_to).resolve()}/")
                 nbformat.write(nb, tmp)
