@@ -1,13 +1,14 @@
 """mmlens on the fixed ml-latest-small protocol (warm and cold) beside the baselines measured on it.
 
 Runs notebook 10's code (``protocol.run``: the notebook's ``run_protocol``, exported from its
-``#@save`` cells) on the repository's ``datasets/`` copy: for each text source ("title+genres",
-"title+genres+tags"), 01 convert, 04 text embeddings with the packaged all-MiniLM-L6-v2, 05 the
-protocol's splits (validation carved from train only), 06 NVTabular ETL, then 09's ablation
-(ID-only once, +text per source) with the 08 Keras model. Prints notebook 10's tables and
-``BENCH 09`` lines: per source and setting the +text AUC (mean over seeds) and its seed ensemble,
-ID-only, and on the baselines' own text (title+genres+tags) the gap to the best baseline of each
-split.
+``#@save`` cells) on the repository's ``datasets/`` copy: for each text source
+(``protocol.TEXT_SOURCES``), 01 convert, 04 text embeddings with the packaged all-MiniLM-L6-v2,
+05 the protocol's splits (validation carved from train only), 06 NVTabular ETL, then 09's
+ablation (ID-only once, +text per source at each width of notebook 10's ``TEXT_WIDTHS``) with the
+08 Keras model. Prints
+notebook 10's tables and ``BENCH 09`` lines: ID-only, and per source and setting the model chosen
+on validation (test AUC, mean over seeds, and its seed ensemble), and on the baselines' own text
+(title+genres+tags) the gap to the best baseline of each split.
 
 ``MMLENS_PROTOCOL_SEEDS`` (default 3) and ``MMLENS_PROTOCOL_EPOCHS`` (default: the protocol's
 setting) as in notebook 10. Work files go to a temporary directory under /tmp, deleted at the end;
@@ -43,10 +44,12 @@ def _key(name: str) -> str:
 def _run(work: Path) -> int:
     summary = protocol.run(Config(data_dir=work))
     base = protocol.baselines(protocol.datasets_dir() / protocol.PROTOCOL_DIR)
-    for rec in summary[summary["variant"] != "popularity"].to_dict("records"):
+    ids = summary[summary["variant"] == protocol.ID_ONLY].drop_duplicates("setting")
+    for rec in [*ids.to_dict("records"), *protocol.chosen(summary).to_dict("records")]:
         name = "id_only" if rec["variant"] == "id-only" else f"text_{_key(rec['text'])}"
+        which = "" if rec["variant"] == "id-only" else f", chosen on validation: {rec['chosen']}"
         print(f"BENCH 09 protocol_{rec['setting']}_{name}_auc {rec['auc_mean']:.4f} "
-              f"(std {rec['auc_std']:.4f})")
+              f"(std {rec['auc_std']:.4f}{which})")
         print(f"BENCH 09 protocol_{rec['setting']}_{name}_seed_ensemble_auc {rec['ens_auc']:.4f}")
     for rec in protocol.against_baselines(summary, base).to_dict("records"):
         print(f"BENCH 09 protocol_{rec['setting']}_auc_minus_best_baseline {rec['gap']:+.4f}")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from mmlens import artifacts, protocol
 from mmlens.config import Config
+from mmlens.errors import UserError
 from mmlens.features import text
 
 
@@ -104,51 +106,91 @@ def test_seed_range_and_epoch_cap_read_the_environment(monkeypatch: pytest.Monke
     with pytest.raises(ValueError, match="at least one seed"):
         protocol.seed_range(0)
     with pytest.raises(ValueError, match="text source"):
-        protocol.source_config(Path("/tmp"), "synopsis")
+        protocol.source_config(Path("/tmp"), "reviews")
+
+
+# (text source, candidate) -> per setting (validation AUC, test AUC) offsets from the base
+OFFSETS = {
+    ("title+genres", "id-only"): {"warm": (0.0, 0.0), "cold": (0.0, 0.0)},
+    ("title+genres", "text, all dims"): {"warm": (0.01, 0.01), "cold": (-0.005, 0.02)},
+    ("title+genres", "text, 64 dims"): {"warm": (0.002, 0.005), "cold": (-0.001, 0.03)},
+    ("title+genres+tags", "text, all dims"): {"warm": (0.02, 0.03), "cold": (0.02, 0.03)},
+    ("title+genres+tags", "text, 64 dims"): {"warm": (0.01, 0.02), "cold": (0.03, 0.025)},
+}
 
 
 def _summary(n_seeds: int = 2) -> pd.DataFrame:
-    """ablation.run-shaped rows of two text sources (ID-only in the first only)."""
+    """run_protocol-shaped rows of two text sources at two widths (ID-only in the first only)."""
     rows = []
-    for text_source, variants in zip(protocol.TEXT_SOURCES, [("id-only", "+text"), ("+text",)],
-                                     strict=True):
+    for (text_source, cand), by_setting in OFFSETS.items():
+        variant = "id-only" if cand == "id-only" else "+text"
         for setting, base in (("warm", 0.80), ("cold", 0.70)):
-            for i, variant in enumerate([*variants, "popularity"]):
-                model = variant != "popularity"
-                auc = base + 0.01 * i + (0.02 if text_source.endswith("tags") else 0)
-                rows.append({"setting": setting, "variant": variant, "text": text_source,
-                             "auc_mean": auc, "auc_std": 0.002 * model,
-                             "ens_auc": auc + 0.005 if model else np.nan,
-                             "n_seeds": n_seeds if model else 1})
+            val, test = by_setting[setting]
+            rows.append({"setting": setting, "variant": variant, "text": text_source,
+                         "candidate": cand, "val_auc_mean": base + val, "auc_mean": base + test,
+                         "auc_std": 0.002, "ens_auc": base + test + 0.005, "n_seeds": n_seeds})
+            rows.append({"setting": setting, "variant": "popularity", "text": text_source,
+                         "candidate": cand, "val_auc_mean": np.nan, "auc_mean": base - 0.1,
+                         "auc_std": 0.0, "ens_auc": np.nan, "n_seeds": 1})
     return pd.DataFrame(rows)
+
+
+def test_text_is_chosen_on_validation_per_source_and_setting() -> None:
+    picks = protocol.chosen(_summary()).set_index(["text", "setting"])
+    assert picks["chosen"].to_dict() == {
+        ("title+genres", "warm"): "text, all dims", ("title+genres", "cold"): "id-only",
+        ("title+genres+tags", "warm"): "text, all dims",
+        ("title+genres+tags", "cold"): "text, 64 dims"}
+    # the test AUC of the chosen model is reported, never used to choose
+    assert picks.loc[("title+genres", "cold"), "auc_mean"] == pytest.approx(0.70)
+    assert picks.loc[("title+genres+tags", "cold"), "auc_mean"] == pytest.approx(0.725)
+    assert (picks["variant"] == "+text").all()
+    table = protocol.widths(_summary())
+    assert table.loc[("title+genres", "cold"), ("valid", "id-only")] == pytest.approx(0.70)
+    assert table.loc[("title+genres+tags", "warm"), ("test", "text, 64 dims")] == \
+        pytest.approx(0.82)
+    assert table.loc[("title+genres+tags", "warm"), ("test", "id-only")] == pytest.approx(0.80)
+    assert protocol.candidate("id-only", 64) == "id-only"
+    assert protocol.candidate("+text") == "text, all dims"
 
 
 def test_comparison_lifts_and_gaps() -> None:
     summary = _summary()
     table = protocol.comparison(summary)
-    assert table.columns.tolist() == ["model", "features", "warm", "cold"]
-    # 3 models x (one model, ensemble), then popularity once although both sources have it
+    assert table.columns.tolist() == ["model", "features", "warm", "cold",
+                                      "chosen on validation (warm / cold)"]
+    # ID-only, then each source's chosen model (one model, ensemble), popularity once
     pair = ["mmlens, one model (2 seeds)", "mmlens, 2-seed ensemble"]
     assert table["model"].tolist() == pair * 3 + ["popularity"]
     assert table["features"].iloc[0] == protocol.ID_FEATURES
     assert table["features"].iloc[5].endswith("text: title+genres+tags")
     assert table["warm"].iloc[0] == "0.8000 ± 0.0020" and table["cold"].iloc[1] == "0.7050"
-    assert table["warm"].iloc[6] == "0.8200"
+    assert table["cold"].iloc[2] == "0.7000 ± 0.0020"  # title+genres, cold: ID-only chosen
+    assert table.iloc[2, 4] == "text, all dims / id-only"
+    assert table["warm"].iloc[6] == "0.7000"
     shuffled = protocol.comparison(summary.iloc[::-1])  # e.g. rows read back from json
     assert shuffled["features"].iloc[0] == protocol.ID_FEATURES
     assert shuffled["model"].iloc[-1] == "popularity"
     single = protocol.comparison(_summary(n_seeds=1))
     assert "ensemble" not in " ".join(single["model"]) and len(single) == 4
     lift = protocol.lifts(summary).set_index(["text", "setting"])
-    assert lift.loc[("title+genres", "cold"), "lift"] == pytest.approx(0.01)
-    assert lift.loc[("title+genres+tags", "warm"), "ens_lift"] == pytest.approx(0.02)
+    assert lift.loc[("title+genres", "cold"), "lift"] == 0.0  # ID-only chosen: equal
+    assert lift.loc[("title+genres+tags", "warm"), "ens_lift"] == pytest.approx(0.03)
+    assert lift.loc[("title+genres+tags", "cold"), "chosen"] == "text, 64 dims"
     assert lift["spread"].tolist() == [0.002] * 4
     base = pd.DataFrame({"model": ["a", "b"], "features": ["x", "y"], "warm": [0.79, 0.81],
                          "cold": [0.75, 0.70]})
     gaps = protocol.against_baselines(summary, base).set_index("setting")
     assert gaps.loc["warm", "best baseline"] == "b: y"
-    assert gaps.loc["warm", "gap"] == pytest.approx(0.82 - 0.81)
-    assert gaps.loc["cold", "ens_gap"] == pytest.approx(0.725 - 0.75)
+    assert gaps.loc["warm", "gap"] == pytest.approx(0.83 - 0.81)
+    assert gaps.loc["cold", "ens_gap"] == pytest.approx(0.73 - 0.75)
+    assert gaps.loc["cold", "chosen"] == "text, 64 dims"
+
+
+def test_metrics_record_the_choice(tmp_path: Path) -> None:
+    saved = json.loads(protocol.write_metrics(tmp_path / "m.json", _summary()).read_text())
+    assert saved["chosen_on_validation"]["title+genres/cold"]["chosen"] == "id-only"
+    assert len(saved["summary"]) == len(_summary())
 
 
 def _release(root: Path, n_users: int = 40, n_movies: int = 30) -> Path:
@@ -192,11 +234,13 @@ def test_run_protocol_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         return out
 
     monkeypatch.setattr(ablation, "seed_ensemble", recording)
-    summary = run_protocol(tmp_path / "work", datasets, (1, 2), epochs=1, patience=1, refit=False)
+    summary = run_protocol(tmp_path / "work", datasets, (1, 2), widths=(None, 8), epochs=1,
+                           patience=1, refit=False)
     models = summary[summary["variant"] != "popularity"]
-    assert sorted(zip(models["variant"], models["text"], models["setting"], strict=True)) == sorted(
-        [("id-only", "title+genres", s) for s in ("warm", "cold")]
-        + [("+text", t, s) for t in protocol.TEXT_SOURCES for s in ("warm", "cold")])
+    assert sorted(zip(models["candidate"], models["text"], models["setting"], strict=True)) == \
+        sorted([("id-only", "title+genres", s) for s in ("warm", "cold")]
+               + [(f"text, {w} dims", t, s) for t in protocol.TEXT_SOURCES for w in ("all", 8)
+                  for s in ("warm", "cold")])
     assert (models["n_seeds"] == 2).all() and models["auc_mean"].between(0, 1).all()
     # the seed ensemble scores the mean of the two seeds' probabilities on the same test rows
     assert len(calls) == len(models)
@@ -208,6 +252,26 @@ def test_run_protocol_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert len(calls[0][0]) == len(pairs)  # the first call: warm, ID-only, on the protocol's pairs
     texts = [text.synopsis_texts(protocol.source_config(tmp_path / "work", s), np.array([1]), s)[0]
              for s in protocol.TEXT_SOURCES]
-    assert texts == ["Movie 1 (1981). Genres: Comedy",
-                     "Movie 1 (1981). Genres: Comedy. Tags: cult, funny"]
-    assert len(protocol.comparison(summary)) == 7
+    assert texts[:2] == ["Movie 1 (1981). Genres: Comedy",
+                         "Movie 1 (1981). Genres: Comedy. Tags: cult, funny"]
+    assert "Movie 1" not in texts[2] and len(texts[2].split()) > 15  # synopsis-shaped
+    assert len(protocol.comparison(summary)) == 9
+    assert set(protocol.chosen(summary)["chosen"]) <= {"id-only", "text, all dims", "text, 8 dims"}
+
+
+@pytest.mark.slow
+def test_real_synopses_come_from_a_user_table(tmp_path: Path) -> None:
+    datasets = _release(tmp_path / "datasets")
+    cfg = protocol.source_config(tmp_path / "work", protocol.SYNOPSIS)
+    with pytest.raises(UserError, match="synopses="):
+        protocol.prepare(cfg, datasets, text_source=protocol.SYNOPSIS)
+    table = tmp_path / "overviews.csv"
+    pd.DataFrame({"movieId": [1, 2, 3],
+                  "synopsis": ["A toy cowboy meets a space ranger.", "", "A heist goes wrong."]}
+                 ).to_csv(table, index=False)
+    protocol.prepare(cfg, datasets, text_source=protocol.SYNOPSIS, synopses=table)
+    ids = np.array([1, 2, 3, 4])
+    assert text.synopsis_texts(cfg, ids, protocol.SYNOPSIS) == [
+        "A toy cowboy meets a space ranger.", None, "A heist goes wrong.", None]
+    meta = json.loads(artifacts.path(cfg, "pretrained_meta", modality="text").read_text())
+    assert meta  # the text table of the source reached the feature store

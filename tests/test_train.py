@@ -223,6 +223,10 @@ def test_ablation_writes_table_and_figure(world: dict[str, Any]) -> None:
     # one seed: the "ensemble" is that model, scored again on the same rows
     assert saved["cold"]["+both"]["ens_auc"] == pytest.approx(saved["cold"]["+both"]["auc_mean"])
     assert summary.set_index(["setting", "variant"])["ens_auc"].isna().sum() == 2  # popularity
+    picked = saved["chosen_on_validation"]
+    assert set(picked) == {f"{s}/{v}" for s in ("warm", "cold") for v in ("id-only", "+both")}
+    assert picked["warm/id-only"]["chosen"] == "id-only"  # nothing smaller to choose
+    assert picked["cold/+both"]["chosen"] in {"id-only", "+both"}
     assert (artifacts.path(cfg, "figures") / ablation.FIGURE_NAME).stat().st_size > 1000
     with pytest.raises(ValueError, match="unknown variants"):
         ablation.run(cfg, variants=("+audio",))
@@ -246,6 +250,27 @@ def test_seed_ensemble_averages_probabilities() -> None:
     summary = pd.DataFrame({"setting": ["warm", "warm"], "variant": ["+text", "popularity"]})
     out = ablation.with_ensembles(summary, {("warm", "+text"): both})
     assert out["ens_auc"].iloc[0] == 1.0 and np.isnan(out["ens_auc"].iloc[1])
+
+
+def _val_summary(val: dict[str, float], test: dict[str, float]) -> pd.DataFrame:
+    rows = [{"setting": "cold", "variant": v, "val_auc_mean": val[v], "auc_mean": test[v],
+             "auc_std": 0.001, "ens_auc": test[v]} for v in val]
+    return pd.DataFrame(rows + [{"setting": "cold", "variant": "popularity", "auc_mean": 0.5}])
+
+
+def test_choice_on_validation_falls_back_to_fewer_tables() -> None:
+    variants = list(ablation.VARIANTS)
+    candidates = ablation.nested_candidates(variants)
+    assert candidates["id-only"] == ["id-only"] and candidates["+text"] == ["id-only", "+text"]
+    assert candidates["+both"] == variants
+    # the text looks worse on validation: +text falls back to ID-only (test values only carried)
+    summary = _val_summary({"id-only": 0.70, "+poster": 0.74, "+text": 0.69, "+both": 0.73},
+                           {"id-only": 0.71, "+poster": 0.75, "+text": 0.80, "+both": 0.76})
+    out = ablation.choose_on_validation(summary, candidates).set_index("variant")
+    assert out["chosen"].to_dict() == {"id-only": "id-only", "+poster": "+poster",
+                                       "+text": "id-only", "+both": "+poster"}
+    assert out.loc["+text", "auc_mean"] == 0.71 and out.loc["+both", "auc_mean"] == 0.75
+    assert set(out["setting"]) == {"cold"} and "popularity" not in out.index
 
 
 def test_ablation_summary_mean_and_std() -> None:
@@ -369,6 +394,10 @@ def test_content_is_projected_once_per_distinct_movie(world: dict[str, Any]) -> 
     one_by_one = np.concatenate([models.predict_features(
         model, {k: v[i:i + 1] for k, v in feats.items()}) for i in range(5)])
     np.testing.assert_allclose(p[:5], one_by_one, rtol=1e-5)  # dedupe changes no prediction
+    narrow = models.build_mlp(schema, tables, emb_dim=4, mlp=(8,), tower=True, content_dim=3)
+    assert {narrow.get_layer(f"pretrained_{m}").get_weights()[0].shape[1]
+            for m in schema["pretrained"]} == {3}
+    assert np.isfinite(models.predict_features(narrow, feats)).all()
 
 
 def test_rating_mix_grades_training_targets_only(world: dict[str, Any]) -> None:
@@ -396,6 +425,26 @@ def test_unit_rows_keeps_directions_and_zero_rows() -> None:
     table = np.array([[3.0, 4.0], [0.0, 0.0], [0.0, -2.0]])
     np.testing.assert_allclose(models.unit_rows(table), [[0.6, 0.8], [0.0, 0.0], [0.0, -1.0]])
     assert models.unit_rows(table).dtype == np.float32
+
+
+def test_top_directions_keep_dot_products_of_a_low_rank_table() -> None:
+    from mmlens._nb.training_with_tensorflow import pretrained_embedding, top_directions
+
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(50, 3)) @ rng.normal(size=(3, 40))  # rank 3 in 40 dims
+    table[7] = 0.0  # a movie without content
+    unit = models.unit_rows(table)
+    small = top_directions(unit, 3)
+    assert small.shape == (50, 3) and small.dtype == np.float32
+    np.testing.assert_allclose(small @ small.T, unit @ unit.T, atol=1e-5)
+    assert not small[7].any()
+    # fewer directions than the rank: dot products are approximated, not kept
+    assert np.abs(top_directions(unit, 2) @ top_directions(unit, 2).T - unit @ unit.T).max() > 0.01
+    layer = pretrained_embedding(table, "t", dim=3)
+    weights = layer.get_weights()[0]
+    assert weights.shape == (50, 3) and not layer.trainable
+    np.testing.assert_allclose(weights @ weights.T, unit @ unit.T, atol=1e-5)
+    assert pretrained_embedding(table, "u", dim=40).get_weights()[0].shape == (50, 40)
 
 
 # Run in a child process: Keras picks its backend once, at import.

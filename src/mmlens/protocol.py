@@ -24,15 +24,18 @@ import pandas as pd
 
 from mmlens import artifacts, feature_store, splits
 from mmlens.config import Config
+from mmlens.errors import UserError
 
 RELEASE_DIR = "ml-latest-small"
 PROTOCOL_DIR = "ml-latest-small-protocol"
 DATASETS_DIR = Path(__file__).resolve().parents[2] / "datasets"
 LABEL_THRESHOLD = 3.0
 VALID_SHARE = 0.1
-# what a truly new movie has, then with the user tags the protocol's baselines were measured with
-TEXT_SOURCES = ("title+genres", "title+genres+tags")
-TEXT_SOURCE = TEXT_SOURCES[-1]
+# what a truly new movie has; with the user tags the protocol's baselines were measured with; and
+# a control that says nothing beyond the genres, synopsis-shaped (features.text.generated_synopses)
+TEXT_SOURCES = ("title+genres", "title+genres+tags", "generated-synopsis")
+TEXT_SOURCE = "title+genres+tags"
+SYNOPSIS = "synopsis"  # real synopses from a user table (none ship here): prepare(synopses=...)
 SPLIT_NAMES = {"warm": "random", "cold": "cold-items"}
 SPLIT_SEED = 42  # draws the validation parts (never the test parts: those are the protocol's)
 DEFAULT_SEEDS = 3
@@ -53,8 +56,9 @@ def datasets_dir(root: Path | None = None) -> Path:
 
 def source_config(work_dir: Path, text_source: str) -> Config:
     """The data directory of one text source's run under ``work_dir`` (dataset ml-latest-small)."""
-    if text_source not in TEXT_SOURCES:
-        raise ValueError(f"unknown text source {text_source!r}; choose from {TEXT_SOURCES}")
+    if text_source not in (*TEXT_SOURCES, SYNOPSIS):
+        raise ValueError(f"unknown text source {text_source!r}; choose from "
+                         f"{(*TEXT_SOURCES, SYNOPSIS)}")
     return Config(data_dir=Path(work_dir) / text_source, dataset=RELEASE_DIR, seed=SPLIT_SEED)
 
 
@@ -169,14 +173,20 @@ def write_store(cfg: Config, protocol_dir: Path, *, modalities: tuple[str, ...] 
 
 
 def prepare(cfg: Config, datasets: Path, *, text_source: str = TEXT_SOURCE,
-            text_batch_size: int = 64) -> dict[str, Any]:
+            synopses: Path | None = None, text_batch_size: int = 64) -> dict[str, Any]:
     """01 (convert), 04 (text embeddings of ``text_source`` with the packaged all-MiniLM-L6-v2),
     05 (protocol splits) and 06 (ETL) for ``cfg`` (dataset ``ml-latest-small``); returns the split
-    sizes."""
-    from mmlens import etl
+    sizes. ``text_source="synopsis"`` first runs 02 on ``synopses``, a user table (CSV or
+    parquet with ``movieId`` and ``synopsis``)."""
+    from mmlens import enrich, etl
     from mmlens.features import text
 
     convert_release(cfg, Path(datasets) / RELEASE_DIR)
+    if text_source == SYNOPSIS:
+        if synopses is None:
+            raise UserError("the text source 'synopsis' needs synopses=<a CSV or parquet table "
+                            "with columns movieId and synopsis>")
+        enrich.run(cfg, providers=[enrich.TableProvider(synopses)], progress=False)
     # the protocol's encoder (its baselines used it), never the real-data default BERT
     text.run(cfg, model_id=text.MINILM_NAME, text_source=text_source, batch_size=text_batch_size)
     summary = write_store(cfg, Path(datasets) / PROTOCOL_DIR)
@@ -185,47 +195,97 @@ def prepare(cfg: Config, datasets: Path, *, text_source: str = TEXT_SOURCE,
 
 
 ID_FEATURES = "ids + genres + year"
+ID_ONLY = "id-only"
+
+
+def candidate(variant: str, width: int | None = None) -> str:
+    """The name of one model choice: ``id-only``, or the text at a table width
+    (``text, 64 dims``; None: ``text, all dims``)."""
+    if variant == ID_ONLY:
+        return ID_ONLY
+    return f"text, {'all' if width is None else int(width)} dims"
 
 
 def _features(variant: str, text: str) -> str:
     if variant == "popularity":
         return "the movie's smoothed share of liked train ratings"
-    return ID_FEATURES if variant == "id-only" else f"{ID_FEATURES} + text: {text}"
+    return ID_FEATURES if variant == ID_ONLY else f"{ID_FEATURES} + text: {text}"
+
+
+def _sources(summary: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(summary.loc[summary["variant"] == "+text", "text"]))
+
+
+def chosen(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per text source and setting, the model chosen on validation among ID-only and +text at
+    each width (notebook 09's :func:`choose_on_validation`): its row as the source's ``+text``
+    result, ``chosen`` naming it. ``summary``: ``run_protocol`` rows (``candidate``,
+    ``text``)."""
+    from mmlens.train.ablation import choose_on_validation
+
+    ids = summary[summary["variant"] == ID_ONLY]
+    rows = []
+    for source in _sources(summary):
+        part = pd.concat([ids, summary[(summary["variant"] == "+text")
+                                       & (summary["text"] == source)]])
+        options = list(dict.fromkeys(part["candidate"]))
+        pick = choose_on_validation(part, {"+text": options}, by="candidate")
+        rows.append(pick.assign(variant="+text", text=source))
+    return pd.concat(rows, ignore_index=True)
 
 
 def comparison(summary: pd.DataFrame) -> pd.DataFrame:
-    """The protocol's result for a reader: per model (one model: mean ± std over seeds; the seed
-    ensemble; ID-only first, popularity last) and features, the warm and cold test AUC as text.
-    ``summary`` holds :func:`mmlens.train.ablation.run` rows with a ``text`` column (the text
-    source)."""
-    s = summary.assign(features=[_features(v, t) for v, t in
-                                 zip(summary["variant"], summary["text"], strict=True)])
-    rank = s["variant"].map({"id-only": 0, "popularity": 2}).fillna(1)
-    s = s.assign(rank=rank).sort_values("rank", kind="stable").drop_duplicates(
-        ["setting", "features"])
+    """The protocol's result for a reader: ID-only, then per text source the model chosen on
+    validation (:func:`chosen`; ``chosen`` says which, warm / cold), then popularity; one model
+    (mean ± std over seeds) and the seed ensemble, warm and cold test AUC as text."""
+    picks = chosen(summary)
+    base = summary[summary["variant"].isin([ID_ONLY, "popularity"])].drop_duplicates(
+        ["setting", "variant"])
+    parts = [base[base["variant"] == ID_ONLY].assign(chosen=ID_ONLY), picks,
+             base[base["variant"] == "popularity"].assign(chosen="")]
+    s = pd.concat(parts, ignore_index=True)
+    s["features"] = [_features(v, t) for v, t in zip(s["variant"], s["text"], strict=True)]
     n = int(s["n_seeds"].max())
     by = s.set_index(["features", "setting"])
     rows = []
     for features, variant in dict.fromkeys(zip(s["features"], s["variant"], strict=True)):
         cells = [by.loc[(features, setting)] for setting in SPLIT_NAMES]
         if variant == "popularity":
-            rows.append(["popularity", features, *(f"{c['auc_mean']:.4f}" for c in cells)])
+            rows.append(["popularity", features, *(f"{c['auc_mean']:.4f}" for c in cells), ""])
             continue
+        which = " / ".join(str(c["chosen"]) for c in cells)
         rows.append([f"mmlens, one model ({n} seed{'s' * (n > 1)})", features,
-                     *(f"{c['auc_mean']:.4f} ± {c['auc_std']:.4f}" for c in cells)])
+                     *(f"{c['auc_mean']:.4f} ± {c['auc_std']:.4f}" for c in cells), which])
         if n > 1:
             rows.append([f"mmlens, {n}-seed ensemble", features,
-                         *(f"{c['ens_auc']:.4f}" for c in cells)])
-    return pd.DataFrame(rows, columns=["model", "features", *SPLIT_NAMES])
+                         *(f"{c['ens_auc']:.4f}" for c in cells), which])
+    return pd.DataFrame(rows, columns=["model", "features", *SPLIT_NAMES,
+                                       "chosen on validation (warm / cold)"])
+
+
+def widths(summary: pd.DataFrame) -> pd.DataFrame:
+    """AUC against the text table's width: per text source and setting, each candidate's mean
+    validation AUC (what the choice reads) and mean test AUC (reported, never compared)."""
+    ids = summary[summary["variant"] == ID_ONLY]
+    parts = [pd.concat([ids, summary[(summary["variant"] == "+text")
+                                     & (summary["text"] == source)]]).assign(text=source)
+             for source in _sources(summary)]
+    both = pd.concat(parts, ignore_index=True).rename(
+        columns={"val_auc_mean": "valid", "auc_mean": "test"})
+    table = both.pivot_table(index=["text", "setting"], columns="candidate",
+                             values=["valid", "test"], sort=False)
+    return table.reindex(columns=["valid", "test"], level=0)
 
 
 def lifts(summary: pd.DataFrame) -> pd.DataFrame:
-    """What the text adds: per text source and setting, +text minus ID-only (mean test AUC over
-    seeds, and the seed ensembles'), beside the larger of the two spreads over seeds."""
-    ids = summary[summary["variant"] == "id-only"].set_index("setting")
-    text = summary[summary["variant"] == "+text"]
+    """What the text adds: per text source and setting, the model chosen on validation minus
+    ID-only (mean test AUC over seeds, and the seed ensembles'), beside the larger of the two
+    spreads over seeds; ``chosen`` says which model it was."""
+    ids = summary[summary["variant"] == ID_ONLY].set_index("setting")
+    text = chosen(summary)
     return pd.DataFrame({
         "text": text["text"].to_numpy(), "setting": text["setting"].to_numpy(),
+        "chosen": text["chosen"].to_numpy(),
         "lift": text["auc_mean"].to_numpy() - ids.loc[text["setting"], "auc_mean"].to_numpy(),
         "spread": np.maximum(text["auc_std"].to_numpy(),
                              ids.loc[text["setting"], "auc_std"].to_numpy()),
@@ -236,35 +296,59 @@ def lifts(summary: pd.DataFrame) -> pd.DataFrame:
 def against_baselines(summary: pd.DataFrame, base: pd.DataFrame,
                       text_source: str = TEXT_SOURCE) -> pd.DataFrame:
     """Per setting: the best baseline of the protocol README (measured with ``text_source``),
-    mmlens +text on that same text (one model's mean, the seed ensemble) and the gaps."""
-    text = summary[(summary["variant"] == "+text") & (summary["text"] == text_source)]
+    mmlens on that same text (the model chosen on validation: one model's mean, the seed
+    ensemble) and the gaps."""
+    text = chosen(summary)
+    text = text[text["text"] == text_source]
     rows = []
     for setting in SPLIT_NAMES:
         best = base.loc[base[setting].idxmax()]
         mine = text[text["setting"] == setting].iloc[0]
         rows.append({"setting": setting, "best baseline": f"{best['model']}: {best['features']}",
-                     "baseline_auc": best[setting], "mmlens_auc": mine["auc_mean"],
-                     "gap": mine["auc_mean"] - best[setting], "ens_auc": mine["ens_auc"],
-                     "ens_gap": mine["ens_auc"] - best[setting]})
+                     "baseline_auc": best[setting], "chosen": mine["chosen"],
+                     "mmlens_auc": mine["auc_mean"], "gap": mine["auc_mean"] - best[setting],
+                     "ens_auc": mine["ens_auc"], "ens_gap": mine["ens_auc"] - best[setting]})
     return pd.DataFrame(rows)
 
 
-def run(cfg: Config, *, seeds: int | None = None, epochs: int | None = None) -> pd.DataFrame:
+def run(cfg: Config, *, seeds: int | None = None, epochs: int | None = None,
+        sources: tuple[str, ...] = TEXT_SOURCES, synopses: Path | None = None) -> pd.DataFrame:
     """Notebook 10 headless (CLI, bench): its ``run_protocol`` on the repository's ``datasets/``
     with work files under ``cfg.data_dir/protocol``; prints its tables, returns the summary.
-    ``seeds`` (how many) and ``epochs`` (cap) as :func:`seed_range` and :func:`epoch_cap`."""
+    ``seeds`` (how many) and ``epochs`` (cap) as :func:`seed_range` and :func:`epoch_cap`;
+    ``sources`` and ``synopses`` as in :func:`prepare` (e.g. ``sources=("synopsis",)`` with
+    ``synopses="overviews.csv"``: real synopses on the same protocol)."""
     from mmlens._nb.real_data_protocol import run_protocol  # the notebook imports this module
 
     datasets, cap = datasets_dir(), epoch_cap(epochs)
+    work_dir = Path(cfg.data_dir) / "protocol"
     start = time.perf_counter()
-    summary = run_protocol(Path(cfg.data_dir) / "protocol", datasets, seed_range(seeds),
-                           **({} if cap is None else {"epochs": cap}))
-    print(f"protocol: both text sources in {time.perf_counter() - start:.0f} s")
+    summary = run_protocol(work_dir, datasets, seed_range(seeds), sources=tuple(sources),
+                           synopses=synopses, **({} if cap is None else {"epochs": cap}))
+    print(f"protocol: {len(_sources(summary))} text sources in "
+          f"{time.perf_counter() - start:.0f} s")
+    write_metrics(work_dir / METRICS_FILE, summary)
     base = baselines(datasets / PROTOCOL_DIR)
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
         print(comparison(summary).to_string(index=False))
+        print(widths(summary).round(4).to_string())
         print(f"measured on this protocol ({PROTOCOL_DIR}/README.md):")
         print(base.to_string(index=False))
         print(lifts(summary).round(4).to_string(index=False))
         print(against_baselines(summary, base).round(4).to_string(index=False))
     return summary
+
+
+METRICS_FILE = "metrics.json"
+
+
+def write_metrics(target: Path, summary: pd.DataFrame) -> Path:
+    """The summary rows and, per text source and setting, the model chosen on validation."""
+    from mmlens.train import evaluate
+
+    picks = {f"{r['text']}/{r['setting']}": evaluate.clean(
+        {k: r[k] for k in ("chosen", "val_auc_mean", "auc_mean", "auc_std", "ens_auc")})
+        for r in chosen(summary).to_dict("records")}
+    rows = [evaluate.clean(r) for r in summary.to_dict("records")]
+    artifacts.write_json(target, {"chosen_on_validation": picks, "summary": rows})
+    return target

@@ -59,3 +59,27 @@ def seed_ensemble(labels: np.ndarray, probs: Sequence[np.ndarray]) -> dict[str, 
     if not probs:
         raise ValueError("no model scores to average")
     return evaluate.pointwise_metrics(labels, np.mean(np.stack(probs), axis=0))
+
+# --- 09-Do-Pretrained-Embeddings-Help.ipynb, cell 16 ---
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+
+
+def nested_candidates(variants: Sequence[str]) -> dict[str, list[str]]:
+    """Per variant, the variants reading a subset of its tables (ID-only included)."""
+    return {v: [u for u in variants if set(VARIANTS[u]) <= set(VARIANTS[v])] for v in variants}
+
+
+def choose_on_validation(summary: pd.DataFrame, candidates: Mapping[str, Sequence[str]],
+                         by: str = "variant") -> pd.DataFrame:
+    """Per setting and name of ``candidates``: the summary row, among ``candidates[name]``
+    (values of column ``by``), with the best mean validation AUC; ``chosen`` names it."""
+    rows = []
+    for setting, part in summary.groupby("setting", sort=False):
+        part = part.dropna(subset=["val_auc_mean"]).set_index(by)
+        for name, options in candidates.items():
+            best = part.loc[[o for o in options if o in part.index], "val_auc_mean"].idxmax()
+            rows.append({**part.loc[best].to_dict(), "setting": setting, by: name,
+                         "chosen": best})
+    return pd.DataFrame(rows)

@@ -25,17 +25,26 @@ import pandas as pd
 from mmlens import protocol
 from mmlens.train import ablation
 
+TEXT_WIDTHS = (None, 64)  # the text table's candidate widths: all 384 dims, its 64 main directions
+
 
 def run_protocol(work_dir: Path, datasets: Path, seeds: Sequence[int],
-                 sources: Sequence[str] = protocol.TEXT_SOURCES, **train: Any) -> pd.DataFrame:
-    """Prepare each text source and train ID-only (first source only) and +text per seed and
-    split: one summary row per setting, variant and text source (``text``)."""
+                 sources: Sequence[str] = protocol.TEXT_SOURCES,
+                 widths: Sequence[int | None] = TEXT_WIDTHS, synopses: Path | None = None,
+                 **train: Any) -> pd.DataFrame:
+    """Prepare each text source (``synopses``: the table of real ones for the source
+    ``synopsis``); train ID-only (once) and +text at each table width, per seed and split: one
+    summary row per setting, model choice (``candidate``) and text source."""
+    settings = {**PROTOCOL_TRAIN, **train}
     summaries: list[pd.DataFrame] = []
     for source in sources:
         cfg = protocol.source_config(work_dir, source)
-        protocol.prepare(cfg, datasets, text_source=source)
-        variants = ("+text",) if summaries else ("id-only", "+text")
-        summary = ablation.run(cfg, seeds=seeds, variants=variants, print_table=False,
-                               **{**PROTOCOL_TRAIN, **train})
-        summaries.append(summary.assign(text=source))
+        protocol.prepare(cfg, datasets, text_source=source, synopses=synopses)
+        choices = [("id-only", None)] * (not summaries) + [("+text", w) for w in widths]
+        for variant, width in choices:
+            options = {**settings["model_options"], "content_dim": width}
+            summary = ablation.run(cfg, seeds=seeds, variants=(variant,), print_table=False,
+                                   write=False, **{**settings, "model_options": options})
+            summaries.append(summary.assign(text=source,
+                                            candidate=protocol.candidate(variant, width)))
     return pd.concat(summaries, ignore_index=True)

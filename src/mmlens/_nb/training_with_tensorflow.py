@@ -17,14 +17,26 @@ def unit_rows(table: np.ndarray) -> np.ndarray:
     return table / np.maximum(norms, 1e-12).astype(np.float32)
 
 
+def top_directions(rows: np.ndarray, dim: int) -> np.ndarray:
+    """``rows`` in the basis of their ``dim`` main directions (eigenvectors of ``rows.T @ rows``,
+    not centred, no rating used): dot products between rows are kept as well as ``dim`` numbers
+    can; zero rows stay zero."""
+    gram = np.asarray(rows, np.float64).T @ np.asarray(rows, np.float64)
+    _, vectors = np.linalg.eigh(gram)  # ascending eigenvalues
+    return (rows @ vectors[:, ::-1][:, :dim]).astype(np.float32)
+
+
 def pretrained_embedding(table: np.ndarray, name: str, *, trainable: bool = False,
-                         normalize: bool = True) -> keras.layers.Embedding:
+                         normalize: bool = True, dim: int | None = None) -> keras.layers.Embedding:
     """An ``Embedding`` whose row ``i`` is the pretrained vector of movie code ``i``, frozen
-    unless ``trainable``. Frozen and ``normalize``: stored with unit rows. A fine-tuned table
-    keeps its raw rows (the model normalises each lookup instead)."""
-    rows, dim = table.shape
+    unless ``trainable``. Frozen and ``normalize``: stored with unit rows; ``dim``: rewritten on
+    the table's ``dim`` main directions (:func:`top_directions`). A fine-tuned table keeps its
+    raw rows (the model normalises each lookup instead)."""
     unit = normalize and not trainable
     weights = unit_rows(table) if unit else np.asarray(table, np.float32)
+    if dim is not None and dim < table.shape[1]:
+        weights = top_directions(weights, dim)
+    rows, dim = weights.shape
     # zeros: no random table is drawn only to be overwritten by ``weights``
     return keras.layers.Embedding(rows, dim, embeddings_initializer="zeros", weights=weights,
                                   trainable=trainable, name=name)
@@ -113,7 +125,7 @@ def tower(ids: dict[str, Any], content: dict[str, Any], emb_dim: int = 32) -> An
     return keras.layers.Dot(axes=1, name="tower_dot")([ids["userId"], item])
 
 # --- 08-Training-with-TensorFlow.ipynb, cell 18 ---
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,7 +136,9 @@ class DeepOptions:
     """The model's options. ``modalities``: the pretrained tables used (``()``: none, ``None``:
     all); ``project_dim=None`` feeds raw vectors (HugeCTR's layout); ``normalize``: unit-length
     content vectors; ``trainable_tables``: fine-tune them; ``known_items`` (0/1 per movie code),
-    ``item_dropout`` and ``tower``: the cold-movie options; ``emb_l2``: L2 on id tables."""
+    ``item_dropout`` and ``tower``: the cold-movie options; ``emb_l2``: L2 on id tables;
+    ``content_dim``: the width of the frozen tables (None: all their dimensions; a number: that
+    many main directions; a dict: per modality)."""
 
     modalities: Sequence[str] | None = None
     emb_dim: int = 32
@@ -138,6 +152,7 @@ class DeepOptions:
     known_items: np.ndarray | None = None
     tower: bool = False
     emb_l2: float = 0.0
+    content_dim: int | Mapping[str, int | None] | None = None
 
 # --- 08-Training-with-TensorFlow.ipynb, cell 19 ---
 from collections.abc import Mapping
@@ -154,8 +169,10 @@ def deep_part(schema: dict[str, Any], tables: Mapping[str, np.ndarray], inputs: 
     feats, content = list(ids.values()), {}
     for m in modalities:
         slot, flag = schema["pretrained"][m]["slot"], schema["pretrained"][m]["has_column"]
+        width = o.content_dim.get(m) if isinstance(o.content_dim, Mapping) else o.content_dim
         table = pretrained_embedding(tables[m], f"pretrained_{m}",
-                                     trainable=o.trainable_tables, normalize=o.normalize)
+                                     trainable=o.trainable_tables, normalize=o.normalize,
+                                     dim=width)
         more, content[m] = content_feature(inputs[slot], inputs[flag], table, m,
                                            project_dim=o.project_dim, normalize=o.normalize,
                                            with_flag=o.has_flags)

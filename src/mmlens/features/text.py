@@ -209,7 +209,7 @@ class TextEncoder:
         return Batch(rows, means.astype(np.float32), errors)
 
 
-TEXT_SOURCES = ("synopsis", "title+genres", "title+genres+tags")
+TEXT_SOURCES = ("synopsis", "title+genres", "title+genres+tags", "generated-synopsis")
 
 
 def synopsis_texts(cfg: Config, movie_ids: np.ndarray,
@@ -220,10 +220,13 @@ def synopsis_texts(cfg: Config, movie_ids: np.ndarray,
     ``title+genres+tags`` (``"Title (year). Genres: a, b. Tags: x, y"`` from notebook 01's
     movies and tags; tags ordered by how many times they were given, case-folded duplicates
     merged). User tags exist only after people watched a movie: for truly new movies, use
-    ``title+genres``.
+    ``title+genres``. ``generated-synopsis`` (:func:`generated_synopses`) is a control: a
+    synopsis-shaped text that says nothing about the movie beyond its genres.
     """
     if source not in TEXT_SOURCES:
         raise ValueError(f"text source must be one of {TEXT_SOURCES}, got {source!r}")
+    if source == "generated-synopsis":
+        return generated_synopses(cfg, movie_ids)
     if source != "synopsis":
         return _metadata_texts(cfg, movie_ids, with_tags=source.endswith("+tags"))
     synopses = pd.read_parquet(artifacts.require(cfg, "synopses"))
@@ -233,6 +236,29 @@ def synopsis_texts(cfg: Config, movie_ids: np.ndarray,
     synopses = synopses.dropna(subset=["synopsis"]).drop_duplicates("movieId", keep="first")
     by_movie = dict(zip(synopses["movieId"].astype(np.int64), synopses["synopsis"], strict=True))
     return [by_movie.get(m) for m in movie_ids.tolist()]
+
+
+def generated_synopses(cfg: Config, movie_ids: np.ndarray) -> list[str | None]:
+    """A synopsis per movie written by the sample world's generator on a topic drawn at random
+    for that movie (seeded by its id), with a word from its genres: distinct for every movie, like
+    a real synopsis, but carrying nothing about the movie beyond its genres."""
+    from mmlens.sample import synopses as writer
+
+    movies = pd.read_parquet(artifacts.require(cfg, "movies"), columns=["movieId", "genres"])
+    genres = {int(m): [] if g is None else [str(x) for x in g]
+              for m, g in zip(movies["movieId"], movies["genres"], strict=True)}
+    texts: list[str | None] = []
+    for m in movie_ids.tolist():
+        if m not in genres:
+            texts.append(None)
+            continue
+        rng = np.random.default_rng([GENERATED_SEED, m])
+        topic = int(rng.integers(len(writer.TOPICS)))
+        texts.append(writer.synopsis(rng, topic, genres[m], int(rng.integers(2, 6))))
+    return texts
+
+
+GENERATED_SEED = 14
 
 
 def _metadata_texts(cfg: Config, movie_ids: np.ndarray, *, with_tags: bool) -> list[str | None]:

@@ -21,13 +21,16 @@ from mmlens import artifacts
 from mmlens._nb.do_pretrained_embeddings_help import (
     SETTINGS,
     VARIANTS,
+    choose_on_validation,
+    nested_candidates,
     seed_ensemble,
     train_runs,
 )
 from mmlens.config import Config
 from mmlens.train import data, evaluate
 
-__all__ = ["SETTINGS", "VARIANTS", "run", "seed_ensemble", "summarize", "with_ensembles"]
+__all__ = ["SETTINGS", "VARIANTS", "choose_on_validation", "nested_candidates", "run",
+           "seed_ensemble", "summarize", "with_ensembles"]
 FIGURE_NAME = "09-ablation.png"
 
 
@@ -53,9 +56,10 @@ def run(
     per (setting, variant) and the seed ensemble's ``ens_auc`` / ``ens_logloss``
     (:func:`seed_ensemble`), beside the popularity baseline.
 
-    Writes ``metrics/09.json`` (summary and runs), ``metrics/09-ablation.csv`` (one row per run)
-    and ``figures/09-ablation.png``. ``fine_tune=True`` lets the pretrained tables train too;
-    ``model_options``, ``unseen_items``, ``refit`` and ``rating_mix`` go to
+    Writes ``metrics/09.json`` (summary, runs, and per variant the one chosen on validation:
+    :func:`choose_on_validation` over :func:`nested_candidates`), ``metrics/09-ablation.csv``
+    (one row per run) and ``figures/09-ablation.png``. ``fine_tune=True`` lets the pretrained
+    tables train too; ``model_options``, ``unseen_items``, ``refit`` and ``rating_mix`` go to
     :func:`keras_train.train_and_evaluate` (default: the cold-aware model, movies unseen in train
     as unknown, no refit on train + valid). ``write=False`` only returns the summary (e.g. a
     fine-tuned comparison beside the frozen results already written). Prints what it trained and
@@ -135,6 +139,12 @@ def _write(cfg: Config, runs: pd.DataFrame, summary: pd.DataFrame, fine_tune: bo
         nested.setdefault(rec["setting"], {})[rec["variant"]] = {
             k: rec[k] for k in ("auc_mean", "auc_std", "logloss_mean", "logloss_std", "n_seeds",
                                 "ens_auc", "ens_logloss") if k in rec}
+    variants = [v for v in VARIANTS if v in set(summary["variant"])]
+    chosen = choose_on_validation(summary, nested_candidates(variants))
+    nested["chosen_on_validation"] = {
+        f"{rec['setting']}/{rec['variant']}": evaluate.clean(
+            {k: rec[k] for k in ("chosen", "val_auc_mean", "auc_mean", "auc_std", "ens_auc")})
+        for rec in chosen.to_dict("records")}
     nested["runs"] = [evaluate.clean(r) for r in runs.to_dict("records")]
     artifacts.write_json(artifacts.path(cfg, "metrics", stage="09"),
                          {k: evaluate.clean(v) if isinstance(v, dict) else v
