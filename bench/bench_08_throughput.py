@@ -6,7 +6,8 @@ vectors of the real encoders' widths (ResNet-50 2048, reduced by 05 to HugeCTR's
 MiniLM 384): their values do not change the cost of a training step, and running the encoders
 would take most of the budget.
 
-The model is 08's default (:data:`keras_train.DEFAULT_MODEL_OPTIONS`). Training throughput is
+The model is 08's default (:data:`keras_train.DEFAULT_MODEL_OPTIONS`: the poster table at its 64
+main directions, the text table at every dimension). Training throughput is
 rows per second over :data:`EPOCHS` whole epochs of the train part, after one untimed epoch
 (graph tracing; for the in-memory feeds it also fills the cache). "In-memory tensors" are the
 batches of 08's pipeline cached as tensors (``Dataset.cache``: the bench runs on the TensorFlow
@@ -19,7 +20,9 @@ swings in speed (over 2x between rounds on a shared 2-core VM) cancel out. Print
   tables) over the ID-only model, both fed from in-memory tensors;
 - ``BENCH 08 streamed_vs_in_memory_throughput <ratio>`` (target >= 0.8): the +poster+text model
   fed by the streamed parquet pipeline (08's ``make_dataset(in_memory=False)``) over the same
-  model fed from in-memory tensors.
+  model fed from in-memory tensors;
+- ``BENCH 08 frozen_all_dims_vs_id_only_throughput <ratio>`` (no target): as the first, with
+  both tables at every dimension (``content_dim=None``), what the width choice saves.
 """
 
 from __future__ import annotations

@@ -36,9 +36,11 @@ SUBJECT_CALLS: dict[str, list[str]] = {
     "07": [r"CreateSolver\(", r"DataReaderParams\(", r"Input\(", r"SparseEmbedding\(",
            r"DenseLayer\(", r"\.compile\(", r"load_sparse_weights\(", r"freeze_embedding\(",
            r"\.fit\("],
-    "08": [r"Embedding\(", r"trainable=False", r"\.compile\(", r"\.fit\(", r"\.summary\(\)"],
-    "09": [r"for \w+(, \w+)* in ", r"(?i)auc"],
-    "10": [r"run_protocol\(", r"(?i)warm", r"(?i)cold", r"baselines\("],
+    "08": [r"Embedding\(", r"trainable=False", r"\.compile\(", r"\.fit\(", r"\.summary\(\)",
+           r"eigh\("],
+    "09": [r"for \w+(, \w+)* in ", r"(?i)auc", r"choose_on_validation\(", r"idxmax\("],
+    "10": [r"run_protocol\(", r"(?i)warm", r"(?i)cold", r"baselines\(", r"content_dim",
+           r"widths\("],
 }
 # Committed outputs show work, briefly: no cache-hit summaries, no random ports.
 FORBIDDEN_OUTPUT = [r"cache hits", r"already converted", r"n_computed", r"127\.0\.0\.1:\d+",

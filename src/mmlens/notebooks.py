@@ -84,7 +84,7 @@ def execute(
     notebook: Path,
     out_path: Path | None = None,
     env: Mapping[str, str] | None = None,
-    timeout: int = 1800,
+    timeout: int = 7200,  # per cell: notebook 10's protocol cell takes most of an hour on 2 cores
     relative_to: Path | None = None,
 ) -> float:
     """Execute one notebook in its own directory; write the executed copy to ``out_path``
