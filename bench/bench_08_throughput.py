@@ -21,8 +21,9 @@ swings in speed (over 2x between rounds on a shared 2-core VM) cancel out. Print
 - ``BENCH 08 streamed_vs_in_memory_throughput <ratio>`` (target >= 0.8): the +poster+text model
   fed by the streamed parquet pipeline (08's ``make_dataset(in_memory=False)``) over the same
   model fed from in-memory tensors;
-- ``BENCH 08 frozen_all_dims_vs_id_only_throughput <ratio>`` (no target): as the first, with
-  both tables at every dimension (``content_dim=None``), what the width choice saves.
+- ``BENCH 08 frozen_all_dims_vs_id_only_throughput <ratio>`` and ``..._64_dims_...`` (no
+  target): as the first, with both tables at every dimension (``content_dim=None``) or both at
+  their 64 main directions: what the width costs (notebook 10 shows what it costs in AUC).
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ def main() -> int:
                   "frozen": epoch_timer(etl_dir, schema, content, True),
                   "streamed": epoch_timer(etl_dir, schema, content, False),
                   "frozen_all_dims": epoch_timer(etl_dir, schema, content, True,
-                                                 content_dim=None)}
+                                                 content_dim=None),
+                  "frozen_64_dims": epoch_timer(etl_dir, schema, content, True, content_dim=64)}
         speeds: dict[str, list[float]] = {name: [] for name in timers}
         names = list(timers)
         for k in range(ROUNDS):
@@ -134,8 +136,9 @@ def main() -> int:
 
         print(f"BENCH 08 frozen_vs_id_only_throughput {paired('frozen', 'id_only'):.3f}")
         print(f"BENCH 08 streamed_vs_in_memory_throughput {paired('streamed', 'frozen'):.3f}")
-        print(f"BENCH 08 frozen_all_dims_vs_id_only_throughput "
-              f"{paired('frozen_all_dims', 'id_only'):.3f}")
+        for width in ("all", "64"):
+            print(f"BENCH 08 frozen_{width}_dims_vs_id_only_throughput "
+                  f"{paired(f'frozen_{width}_dims', 'id_only'):.3f}")
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -38,7 +38,7 @@ SUBJECT_CALLS: dict[str, list[str]] = {
            r"\.fit\("],
     "08": [r"Embedding\(", r"trainable=False", r"\.compile\(", r"\.fit\(", r"\.summary\(\)",
            r"eigh\("],
-    "09": [r"for \w+(, \w+)* in ", r"(?i)auc", r"choose_on_validation\(", r"idxmax\("],
+    "09": [r"for \w+(, \w+)* in ", r"(?i)auc", r"choose_on_validation\(", r"val_auc_mean"],
     "10": [r"run_protocol\(", r"(?i)warm", r"(?i)cold", r"baselines\(", r"content_dim",
            r"widths\("],
 }

@@ -271,6 +271,13 @@ def test_choice_on_validation_falls_back_to_fewer_tables() -> None:
                                        "+text": "id-only", "+both": "+poster"}
     assert out.loc["+text", "auc_mean"] == 0.71 and out.loc["+both", "auc_mean"] == 0.75
     assert set(out["setting"]) == {"cold"} and "popularity" not in out.index
+    # a gain inside the seeds' spread of validation AUC keeps the simpler model
+    noisy = summary.assign(val_auc_std=[0.0, 0.05, 0.0, 0.0, None])
+    out = ablation.choose_on_validation(noisy, candidates).set_index("variant")
+    assert out.loc["+poster", "chosen"] == "id-only"  # 0.74 > 0.70, but not by more than 0.05
+    assert out.loc["+both", "chosen"] == "+both"  # 0.73 beats ID-only by more than 0 ...
+    tie = summary.assign(val_auc_mean=[0.70, 0.70, 0.70, 0.70, None])
+    assert set(ablation.choose_on_validation(tie, candidates)["chosen"]) == {"id-only"}
 
 
 def test_ablation_summary_mean_and_std() -> None:

@@ -218,8 +218,8 @@ def _sources(summary: pd.DataFrame) -> list[str]:
 
 def chosen(summary: pd.DataFrame) -> pd.DataFrame:
     """Per text source and setting, the model chosen on validation among ID-only and +text at
-    each width (notebook 09's :func:`choose_on_validation`): its row as the source's ``+text``
-    result, ``chosen`` naming it. ``summary``: ``run_protocol`` rows (``candidate``,
+    each width, in that order (notebook 09's ``choose_on_validation``): its row as the source's
+    ``+text`` result, ``chosen`` naming it. ``summary``: ``run_protocol`` rows (``candidate``,
     ``text``)."""
     from mmlens.train.ablation import choose_on_validation
 

@@ -73,13 +73,21 @@ def nested_candidates(variants: Sequence[str]) -> dict[str, list[str]]:
 
 def choose_on_validation(summary: pd.DataFrame, candidates: Mapping[str, Sequence[str]],
                          by: str = "variant") -> pd.DataFrame:
-    """Per setting and name of ``candidates``: the summary row, among ``candidates[name]``
-    (values of column ``by``), with the best mean validation AUC; ``chosen`` names it."""
+    """Per setting and name of ``candidates``: the summary row chosen among ``candidates[name]``
+    (values of column ``by``, simplest first): a candidate replaces the current choice when its
+    mean validation AUC is higher by more than the larger spread over seeds (``val_auc_std``,
+    0 when absent); ``chosen`` names it."""
     rows = []
     for setting, part in summary.groupby("setting", sort=False):
         part = part.dropna(subset=["val_auc_mean"]).set_index(by)
+        spread = part.get("val_auc_std", pd.Series(0.0, index=part.index)).fillna(0.0)
         for name, options in candidates.items():
-            best = part.loc[[o for o in options if o in part.index], "val_auc_mean"].idxmax()
+            present = [o for o in options if o in part.index]
+            best = present[0]
+            for option in present[1:]:
+                margin = max(spread[best], spread[option])
+                if part.at[option, "val_auc_mean"] > part.at[best, "val_auc_mean"] + margin:
+                    best = option
             rows.append({**part.loc[best].to_dict(), "setting": setting, by: name,
                          "chosen": best})
     return pd.DataFrame(rows)

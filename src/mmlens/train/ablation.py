@@ -119,13 +119,14 @@ def with_ensembles(summary: pd.DataFrame,
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation (ddof=0) of test AUC and logloss per setting and variant
-    (and the mean best validation AUC when the runs have it)."""
+    (and of the best validation AUC when the runs have it)."""
     grouped = runs.groupby(["setting", "variant"], sort=False)
     stats = {"auc_mean": ("auc", "mean"), "auc_std": ("auc", lambda x: x.std(ddof=0)),
              "logloss_mean": ("logloss", "mean"),
              "logloss_std": ("logloss", lambda x: x.std(ddof=0))}
     if "val_auc" in runs:
         stats["val_auc_mean"] = ("val_auc", "mean")
+        stats["val_auc_std"] = ("val_auc", lambda x: x.std(ddof=0))
     out = grouped.agg(**stats, n_seeds=("seed", "nunique"))
     return out.reset_index()
 
