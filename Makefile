@@ -45,7 +45,7 @@ unit: $(STAMP)
 
 notebooks-test: $(STAMP)
 	rm -rf $(NBMAKE_DATA)
-	$(NBMAKE_ENV) $(BIN)/python -m pytest --nbmake --nbmake-timeout=1800 -p no:cacheprovider -q $(NOTEBOOKS)
+	$(NBMAKE_ENV) $(BIN)/python -m pytest --nbmake --nbmake-timeout=1800 -p no:cacheprovider -q --durations=3 $(NOTEBOOKS)
 
 test: lint $(STAMP)
 	$(BIN)/python -m pytest tests -q
