@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -166,3 +167,14 @@ def test_tidy_streams_merges_streams_and_keeps_a_bars_last_state() -> None:
     notebooks.tidy_streams(nb)
     assert [(o.name, o.text) for o in nb.cells[0].outputs] == [
         ("stderr", "bar: 100%|##| 2/2\n"), ("stdout", "done\n"), ("stderr", "later\n")]
+
+
+def test_demo_metrics_table_names_the_chosen_models(tmp_path: Path) -> None:
+    (tmp_path / "09.json").write_text(json.dumps({
+        "warm": {"+text": {"auc_mean": 0.81, "n_seeds": 3}}, "fine_tune": False,
+        "chosen_on_validation": {"warm/+text": {"chosen": "id-only", "auc_mean": 0.8}},
+        "runs": [{"auc": 0.8}]}))
+    table = notebooks.metrics_table(tmp_path)
+    assert "| 09 | warm.+text.auc_mean | 0.8100 |" in table
+    assert "| 09 | chosen_on_validation.warm/+text.chosen | id-only |" in table
+    assert "chosen_on_validation.warm/+text.auc_mean" not in table and "fine_tune" not in table

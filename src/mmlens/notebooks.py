@@ -161,15 +161,22 @@ def summary(data_dir: Path, profile: str, timings: Mapping[str, float]) -> str:
     return "\n".join(lines)
 
 
+CHOSEN_KEY = "chosen_on_validation"
+
+
 def metrics_table(metrics_dir: Path) -> str:
-    """A markdown table of every numeric metric that stages 07-09 wrote as JSON."""
-    rows: list[tuple[str, str, float]] = []
+    """A markdown table of every numeric metric that stages 07-09 wrote as JSON, and of the
+    models 09 chose on validation (by name: their numbers are the rows above)."""
+    rows: list[tuple[str, str, str]] = []
     for f in sorted(Path(metrics_dir).glob("*.json")):
         for key, value in _flatten(json.loads(f.read_text())):
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                rows.append((f.stem, key, float(value)))
+            if key.startswith(f"{CHOSEN_KEY}."):
+                if key.endswith(".chosen"):
+                    rows.append((f.stem, key, str(value)))
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                rows.append((f.stem, key, f"{float(value):.4f}"))
     lines = ["| stage | metric | value |", "|---|---|---|"]
-    lines += [f"| {s} | {k} | {v:.4f} |" for s, k, v in rows]
+    lines += [f"| {s} | {k} | {v} |" for s, k, v in rows]
     return "\n".join(lines)
 
 
