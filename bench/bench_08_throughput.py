@@ -24,6 +24,10 @@ swings in speed (over 2x between rounds on a shared 2-core VM) cancel out. Print
 - ``BENCH 08 frozen_all_dims_vs_id_only_throughput <ratio>`` and ``..._64_dims_...`` (no
   target): as the first, with both tables at every dimension (``content_dim=None``) or both at
   their 64 main directions: what the width costs (notebook 10 shows what it costs in AUC).
+
+``--profile`` also traces :data:`PROFILE_EPOCHS` epochs of the ID-only and the default frozen model
+with TensorFlow's profiler and prints, per operation type, the milliseconds each spends per step
+(self time summed over the step's ops): where the frozen model's extra time goes.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ BATCH_SIZE = 1024
 ROUNDS = 7
 EPOCHS = 6
 SEED = 0
+PROFILE_EPOCHS = 3
+PROFILE_TOP = 8
 
 
 def write_random_tables(cfg: Config) -> None:
@@ -82,9 +88,9 @@ def prepare(work: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def epoch_timer(etl_dir: Path, schema: dict[str, Any], modalities: tuple[str, ...],
-                in_memory: bool, **options: Any) -> Callable[[], float]:
+                in_memory: bool, epochs: int = EPOCHS, **options: Any) -> Callable[[], float]:
     """A compiled 08 model and its train dataset (cached tensors when ``in_memory``, else the
-    streamed pipeline); the returned call trains :data:`EPOCHS` epochs and gives rows/s."""
+    streamed pipeline); the returned call trains ``epochs`` epochs and gives rows/s."""
     from mmlens.train import data, keras_train, models
 
     keras_train.set_seed(SEED)
@@ -99,13 +105,64 @@ def epoch_timer(etl_dir: Path, schema: dict[str, Any], modalities: tuple[str, ..
                          **{**keras_train.DEFAULT_MODEL_OPTIONS, **options})
     models.compile_model(model)
 
-    def epochs() -> float:
+    def timed() -> float:
         start = time.perf_counter()
-        model.fit(ds, epochs=EPOCHS, verbose=0, shuffle=False)
-        return EPOCHS * rows / (time.perf_counter() - start)
+        model.fit(ds, epochs=epochs, verbose=0, shuffle=False)
+        return epochs * rows / (time.perf_counter() - start)
 
     model.fit(ds, epochs=1, verbose=0, shuffle=False)  # tracing, cache filling: untimed
-    return epochs
+    return timed
+
+
+def op_times(train: Callable[[], float], steps: int, log_dir: Path) -> dict[str, float]:
+    """Milliseconds per training step by TensorFlow operation type (self time, idle excluded)
+    while ``train`` runs ``steps`` steps under the profiler; {} where this TensorFlow build
+    lacks the profiler's converter."""
+    import json
+
+    import tensorflow as tf
+
+    try:
+        from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
+    except ImportError:
+        return {}
+    tf.profiler.experimental.start(str(log_dir))
+    try:
+        train()
+    finally:
+        tf.profiler.experimental.stop()
+    traces = [str(p) for p in log_dir.rglob("*.xplane.pb")]
+    raw, ok = plugin.xspace_to_tools_data(traces, "framework_op_stats", {})
+    if not ok:
+        return {}
+    table = json.loads(raw)[0]
+    names = [c["id"] for c in table["cols"]]
+    totals: dict[str, float] = {}
+    for row in table["rows"]:
+        op = dict(zip(names, (cell.get("v") for cell in row["c"]), strict=True))
+        if op["type"] != "IDLE":
+            totals[op["type"]] = totals.get(op["type"], 0.0) + op["total_self_time"] / 1000
+    return {name: ms / steps for name, ms in totals.items()}
+
+
+def profile(etl_dir: Path, schema: dict[str, Any], work: Path) -> None:
+    """Print where a training step's time goes, ID-only beside the default frozen model."""
+    from mmlens.train import data
+
+    steps = PROFILE_EPOCHS * -(-data.part_rows(data.part_dir(etl_dir, schema, "train"))
+                               // BATCH_SIZE)
+    per_op = {name: op_times(epoch_timer(etl_dir, schema, mods, True, epochs=PROFILE_EPOCHS),
+                             steps, work / f"profile-{name}")
+              for name, mods in (("id_only", ()), ("frozen", ("poster", "text")))}
+    if not all(per_op.values()):
+        print("profile: this TensorFlow has no profiler converter; skipped")
+        return
+    ops = sorted(set().union(*per_op.values()), key=lambda op: -per_op["frozen"].get(op, 0.0))
+    print(f"ms per step by op type (self time, {steps} profiled steps each):")
+    print(f"  {'op type':24s} {'id_only':>8s} {'frozen':>8s}")
+    for op in [*ops[:PROFILE_TOP], "all"]:
+        cells = [sum(v.values()) if op == "all" else v.get(op, 0.0) for v in per_op.values()]
+        print(f"  {op:24s} {cells[0]:8.2f} {cells[1]:8.2f}")
 
 
 def main() -> int:
@@ -139,6 +196,8 @@ def main() -> int:
         for width in ("all", "64"):
             print(f"BENCH 08 frozen_{width}_dims_vs_id_only_throughput "
                   f"{paired(f'frozen_{width}_dims', 'id_only'):.3f}")
+        if "--profile" in sys.argv[1:]:
+            profile(etl_dir, schema, work)
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -376,6 +376,53 @@ def test_refit_trains_on_train_and_valid_for_the_chosen_epochs(world: dict[str, 
     assert not known[schema["cold_movie_codes"]].any()  # test movies stay unknown
 
 
+def _drive_average(callback: Any, per_epoch: list[tuple[float, float | None]]) -> float:
+    """Run ``callback`` over epochs whose single weight is ``value`` and whose ``val_auc`` is
+    ``score`` (None: no validation); return the weight it ends training on."""
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+    callback.set_model(model)
+    callback.on_train_begin()
+    for epoch, (value, score) in enumerate(per_epoch):
+        model.layers[0].kernel.assign(np.full((1, 1), value, np.float32))
+        callback.on_epoch_end(epoch, {} if score is None else {"val_auc": score})
+    callback.on_train_end()
+    return float(np.asarray(model.layers[0].kernel)[0, 0])
+
+
+def test_weight_average_means_the_epochs_around_the_best() -> None:
+    scores = [0.60, 0.70, 0.80, 0.75, 0.74, 0.73, 0.72]
+    epochs = list(zip([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], scores, strict=True))
+    # best = epoch 3: epochs 2..3 before it and up to 5 after it
+    assert _drive_average(models.WeightAverage(2, 2), epochs) == pytest.approx(3.5)
+    assert _drive_average(models.WeightAverage(3, 0), epochs) == pytest.approx(2.0)
+    # a later best restarts the window; training ending early shortens it
+    later = [*epochs[:5], (9.0, 0.90)]
+    assert _drive_average(models.WeightAverage(2, 2), later) == pytest.approx(7.0)
+    # a refit without validation: the best epoch is given
+    fixed = [(v, None) for v, _ in epochs]
+    assert _drive_average(models.WeightAverage(2, 1, best_epoch=4), fixed) == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="val_auc"):
+        _drive_average(models.WeightAverage(2, 1), fixed)
+    with pytest.raises(ValueError, match="before >= 1"):
+        models.WeightAverage(0, 1)
+
+
+def test_averaged_training_scores_the_model_it_keeps(world: dict[str, Any]) -> None:
+    etl_dir, schema = world["dirs"]["random"], world["schemas"]["random"]
+    keras.backend.clear_session()
+    model, metrics = keras_train.train_and_evaluate(
+        etl_dir, schema, modalities=("text",), epochs=4, seed=1, batch_size=64, average=(2, 1))
+    labels, probs = keras_train.score_part(model, etl_dir, schema, "valid", ("text",))
+    assert metrics["average"] == [2, 1]
+    kept = evaluate.pointwise_metrics(labels, probs)["auc"]
+    assert metrics["best_val_auc"] == pytest.approx(kept)
+    keras.backend.clear_session()
+    _, refit = keras_train.train_and_evaluate(
+        etl_dir, schema, modalities=("text",), epochs=3, seed=1, batch_size=64, average=(2, 1),
+        refit=True)
+    assert refit["refit"] and 0.5 < refit["auc"] <= 1.0
+
+
 def test_list_column_padding_and_rebatch_cover_every_row_once() -> None:
     import pyarrow as pa
 

@@ -10,7 +10,7 @@ from mmlens.train.keras_train import DEFAULT_MODEL_OPTIONS
 
 PROTOCOL_TRAIN = {
     "epochs": 30, "patience": 3, "batch_size": 1024, "lr": 2e-3, "refit": True,
-    "rating_mix": 0.6,
+    "rating_mix": 0.6, "average": (3, 2),
     "model_options": {**DEFAULT_MODEL_OPTIONS, "emb_l2": 1e-4, "emb_dim": 64, "mlp": (64,),
                       "dropout": 0.3},
 }

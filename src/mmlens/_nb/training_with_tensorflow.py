@@ -227,3 +227,56 @@ def early_stopping(patience: int = 2) -> keras.callbacks.Callback:
     """Stop when validation AUC has not improved for ``patience`` epochs; keep the best."""
     return keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
                                          restore_best_weights=True)
+
+# --- 08-Training-with-TensorFlow.ipynb, cell 26 ---
+from collections import deque
+from typing import Any
+
+import keras
+import numpy as np
+
+
+class WeightAverage(keras.callbacks.Callback):
+    """Ends training on the mean of the trainable weights over the epochs around the best one:
+    ``before`` epochs up to and including it and ``after`` epochs after it (fewer where
+    training stopped sooner). The best epoch has the highest ``monitor`` value so far, or is
+    ``best_epoch`` (1-based) where given: a refit that runs without validation. List it after
+    ``early_stopping()``, whose restored weights it then replaces."""
+
+    def __init__(self, before: int = 3, after: int = 2, *, monitor: str = "val_auc",
+                 best_epoch: int | None = None) -> None:
+        super().__init__()
+        if before < 1 or after < 0:
+            raise ValueError(f"need before >= 1 and after >= 0, got {before} and {after}")
+        self.before, self.after, self.monitor, self.best_epoch = before, after, monitor, best_epoch
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.recent: deque[list[np.ndarray]] = deque(maxlen=self.before)
+        self.window: list[list[np.ndarray]] = []
+        self.best, self.left = -np.inf, 0
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        weights = [keras.ops.convert_to_numpy(v) for v in self.model.trainable_variables]
+        self.recent.append(weights)
+        if self._is_best(epoch, logs or {}):
+            self.window, self.left = list(self.recent), self.after
+        elif self.left:
+            self.window.append(weights)
+            self.left -= 1
+
+    def _is_best(self, epoch: int, logs: dict[str, Any]) -> bool:
+        if self.best_epoch is not None:
+            return epoch + 1 == self.best_epoch
+        if self.monitor not in logs:
+            raise ValueError(f"WeightAverage watches {self.monitor!r}, not in {sorted(logs)}")
+        if logs[self.monitor] > self.best:
+            self.best = logs[self.monitor]
+            return True
+        return False
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if not self.window:  # no epoch ran
+            return
+        for variable, *values in zip(self.model.trainable_variables, *self.window,
+                                     strict=True):
+            variable.assign(np.mean(values, axis=0))

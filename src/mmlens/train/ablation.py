@@ -49,6 +49,7 @@ def run(
     unseen_items: str = "zero",
     refit: bool = False,
     rating_mix: float = 0.0,
+    average: tuple[int, int] | None = None,
     write: bool = True,
     print_table: bool = True,
 ) -> pd.DataFrame:
@@ -59,10 +60,11 @@ def run(
     Writes ``metrics/09.json`` (summary, runs, and per variant the one chosen on validation:
     :func:`choose_on_validation` over :func:`nested_candidates`), ``metrics/09-ablation.csv``
     (one row per run) and ``figures/09-ablation.png``. ``fine_tune=True`` lets the pretrained
-    tables train too; ``model_options``, ``unseen_items``, ``refit`` and ``rating_mix`` go to
-    :func:`keras_train.train_and_evaluate` (default: the cold-aware model, movies unseen in train
-    as unknown, no refit on train + valid). ``write=False`` only returns the summary (e.g. a
-    fine-tuned comparison beside the frozen results already written). Prints what it trained and
+    tables train too; ``model_options``, ``unseen_items``, ``refit``, ``rating_mix`` and
+    ``average`` go to :func:`keras_train.train_and_evaluate` (default: the cold-aware model,
+    movies unseen in train as unknown, no refit on train + valid, no weight averaging).
+    ``write=False`` only returns the summary (e.g. a fine-tuned comparison beside the frozen
+    results already written). Prints what it trained and
     (``print_table``) the summary table.
     """
     unknown = [v for v in variants if v not in VARIANTS]
@@ -80,7 +82,7 @@ def run(
     runs, scores = train_runs(
         cfg, splits, variants, seeds, epochs=epochs, batch_size=batch_size, lr=lr,
         patience=patience, fine_tune=fine_tune, model_options=model_options,
-        unseen_items=unseen_items, refit=refit, rating_mix=rating_mix)
+        unseen_items=unseen_items, refit=refit, rating_mix=rating_mix, average=average)
     popularity = [{"split": split, "setting": SETTINGS.get(split, split), "variant": "popularity",
                    "seed": -1, **_popularity(etl_dir, schema)}
                   for split, (etl_dir, schema) in loaded.items()]

@@ -74,10 +74,13 @@ def fit(
     lr: float = 1e-3,
     out_dir: Path | None = None,
     verbose: int = 0,
+    average: tuple[int, int] | None = None,
 ) -> dict[str, list[float]]:
     """Train with early stopping on ``val_auc`` (best weights restored); return the history.
 
-    With ``out_dir``, checkpoints the best weights and writes ``history.json`` and ``curves.png``.
+    ``average=(before, after)`` ends on the mean weights of the epochs around the best one
+    (:class:`models.WeightAverage`) instead. With ``out_dir``, checkpoints the best epoch's
+    weights and writes ``history.json`` and ``curves.png``.
     """
     import keras
 
@@ -88,6 +91,8 @@ def fit(
     if not getattr(model, "compiled", False):
         models.compile_model(model, lr)
     callbacks: list[Any] = [models.early_stopping(patience)]
+    if average is not None:
+        callbacks.append(models.WeightAverage(*average))  # after early stopping: its mean wins
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         callbacks.append(keras.callbacks.ModelCheckpoint(
@@ -174,6 +179,7 @@ def train_and_evaluate(
     unseen_items: str = "zero",
     refit: bool = False,
     rating_mix: float = 0.0,
+    average: tuple[int, int] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Build, fit and score one model on ``etl_dir``; return ``(model, metrics)``.
 
@@ -185,7 +191,10 @@ def train_and_evaluate(
     fresh model (same seed) on train + valid for that many epochs and score that one; the test
     part is never looked at before scoring. ``rating_mix`` > 0 trains on graded targets that mix
     the 0/1 label with the scaled star rating (:func:`data.soft_labels`); validation (early
-    stopping) and test keep the 0/1 label.
+    stopping) and test keep the 0/1 label. ``average=(before, after)``: the model kept is the
+    mean of the epochs around the best one (:class:`models.WeightAverage`; a refit runs ``after``
+    epochs more and averages the same window), and ``best_val_auc`` is that model's validation
+    AUC.
     """
     if unseen_items not in UNSEEN_POLICIES:
         raise ValueError(f"unseen_items must be one of {UNSEEN_POLICIES}, got {unseen_items!r}")
@@ -203,20 +212,29 @@ def train_and_evaluate(
     train_ds = data.make_dataset(parts["train"], schema, shuffle=True, seed=seed,
                                  rating_mix=rating_mix, **kw)
     history = fit(model, train_ds, data.make_dataset(parts["valid"], schema, **kw),
-                  epochs=epochs, patience=patience, out_dir=out_dir)
+                  epochs=epochs, patience=patience, out_dir=out_dir, average=average)
     best_epoch = int(np.argmax(history["val_auc"])) + 1 if history.get("val_auc") else epochs
+    val_auc = max(history.get("val_auc", [float("nan")]))
+    if average is not None:  # the averaged model's own score, not an epoch's
+        val_auc = evaluate.pointwise_metrics(*score_part(model, etl_dir, schema, "valid", mods,
+                                                         batch_size))["auc"]
     if refit:
+        from mmlens.train import models
+
         set_seed(seed)
         both = [parts["train"], parts["valid"]]
         model = _new_model(spec, both)
+        extra, callbacks = (0, []) if average is None else (
+            average[1], [models.WeightAverage(*average, best_epoch=best_epoch)])
         model.fit(data.make_dataset(both, schema, shuffle=True, seed=seed,
                                     rating_mix=rating_mix, **kw),
-                  epochs=best_epoch, verbose=0, shuffle=False)
+                  epochs=best_epoch + extra, verbose=0, shuffle=False, callbacks=callbacks)
     metrics = evaluate.pointwise_metrics(*score_part(model, etl_dir, schema, "test", mods,
                                                      batch_size))
     metrics["epochs_run"] = len(history.get("loss", []))
     metrics["best_epoch"] = best_epoch
-    metrics["best_val_auc"] = max(history.get("val_auc", [float("nan")]))
+    metrics["best_val_auc"] = val_auc
+    metrics["average"] = None if average is None else list(average)
     metrics["batch_size"] = batch_size
     metrics["unseen_items"] = unseen_items
     metrics["refit"] = refit

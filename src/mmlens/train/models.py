@@ -36,6 +36,7 @@ import numpy as np
 from mmlens import artifacts
 from mmlens._nb.training_with_tensorflow import (
     DeepOptions,
+    WeightAverage,
     build_mlp,
     compile_model,
     deep_part,
@@ -48,7 +49,7 @@ from mmlens.train.layers import MaskedMean, item_gate, schema_inputs
 
 __all__ = ["BUILDERS", "DeepOptions", "average", "build", "build_mlp", "build_wide_deep",
            "compile_model", "early_stopping", "load_model", "predict_features", "save_model",
-           "unit_rows"]
+           "unit_rows", "WeightAverage"]
 
 
 def _wide_terms(schema: dict[str, Any], inputs: dict[str, Any], keep: Any) -> list[Any]:
