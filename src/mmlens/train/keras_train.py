@@ -192,9 +192,9 @@ def train_and_evaluate(
     part is never looked at before scoring. ``rating_mix`` > 0 trains on graded targets that mix
     the 0/1 label with the scaled star rating (:func:`data.soft_labels`); validation (early
     stopping) and test keep the 0/1 label. ``average=(before, after)``: the model kept is the
-    mean of the epochs around the best one (:class:`models.WeightAverage`; a refit runs ``after``
-    epochs more and averages the same window), and ``best_val_auc`` is that model's validation
-    AUC.
+    mean of the epochs around the best one (:class:`models.WeightAverage`; a refit runs up to
+    ``after`` epochs more, those the first fit ran, and averages the same window), and
+    ``best_val_auc`` is that model's validation AUC.
     """
     if unseen_items not in UNSEEN_POLICIES:
         raise ValueError(f"unseen_items must be one of {UNSEEN_POLICIES}, got {unseen_items!r}")
@@ -224,8 +224,11 @@ def train_and_evaluate(
         set_seed(seed)
         both = [parts["train"], parts["valid"]]
         model = _new_model(spec, both)
+        # the window validation scored: no epochs after the best that the first fit did not run
+        ran = len(history.get("loss", [])) or best_epoch
         extra, callbacks = (0, []) if average is None else (
-            average[1], [models.WeightAverage(*average, best_epoch=best_epoch)])
+            min(average[1], ran - best_epoch),
+            [models.WeightAverage(*average, best_epoch=best_epoch)])
         model.fit(data.make_dataset(both, schema, shuffle=True, seed=seed,
                                     rating_mix=rating_mix, **kw),
                   epochs=best_epoch + extra, verbose=0, shuffle=False, callbacks=callbacks)
