@@ -138,8 +138,9 @@ def test_run_keras_ensemble_saves_the_average_of_its_members(world: dict[str, An
     cfg, split = world["cfg"], "cold-items"
     etl_dir, schema = world["dirs"][split], world["schemas"][split]
     out = run_keras(cfg, split=split, variant="wide_deep", epochs=1, batch_size=128,
-                    ranking=False, ensemble=2)
+                    ranking=False, ensemble=2, average=(1, 1))
     assert out["ensemble"] == 2 and [m["auc"] for m in out["members"]] != [out["auc"]] * 2
+    assert [m["average"] for m in out["members"]] == [[1, 1]] * 2
     model = models.load_model(artifacts.path(cfg, "keras_dir", split=split,
                                                   variant="wide_deep") / "model.keras")
     members = [model.get_layer(f"wide_deep_seed{s}") for s in (cfg.seed, cfg.seed + 1)]

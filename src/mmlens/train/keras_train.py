@@ -278,6 +278,7 @@ def run(
     fine_tune: bool = False,
     ranking: bool = True,
     ensemble: int = 1,
+    average: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Notebook 08: train ``variant`` on ``etl/<split>``, evaluate, save; return the metrics.
 
@@ -286,7 +287,8 @@ def run(
     NDCG@10 (99 sampled negatives) and the popularity baseline on the same test rows.
     ``ensemble`` > 1 trains that many models (seeds ``seed``, ``seed + 1``, ...) and saves and
     scores their average (:func:`models.average`); ``members`` holds each one's own metrics, and
-    the history, curves and checkpoint are the first member's.
+    the history, curves and checkpoint are the first member's. ``average=(before, after)``:
+    each member ends on the mean weights around its best epoch (:func:`train_and_evaluate`).
     """
     from mmlens.train import models, recommend
 
@@ -299,7 +301,7 @@ def run(
     members = [train_and_evaluate(
         etl_dir, schema, variant=variant, modalities=modalities, epochs=epochs, seed=seed + i,
         batch_size=batch_size, lr=lr, patience=patience, fine_tune=fine_tune,
-        out_dir=out_dir if i == 0 else None) for i in range(ensemble)]
+        out_dir=out_dir if i == 0 else None, average=average) for i in range(ensemble)]
     model, metrics = members[0]
     if ensemble > 1:
         model = models.average([m for m, _ in members])
