@@ -482,6 +482,19 @@ def test_unit_rows_keeps_directions_and_zero_rows() -> None:
     assert models.unit_rows(table).dtype == np.float32
 
 
+def test_top_directions_spread_the_variance_over_the_coordinates() -> None:
+    from mmlens._nb.training_with_tensorflow import top_directions
+
+    rng = np.random.default_rng(0)
+    basis, _ = np.linalg.qr(rng.normal(size=(64, 32)))
+    table = (rng.normal(size=(300, 32)) * 0.8 ** np.arange(32)) @ basis.T  # a decaying spectrum
+    eigen = np.linalg.eigvalsh(table.T @ table)[::-1][:32]
+    assert eigen[-1] < eigen[0] / 1e5  # in the main directions' own basis: near-constant columns
+    share = (top_directions(table, 32) ** 2).mean(axis=0)
+    assert share.min() > share.max() / 30
+    np.testing.assert_allclose(share.sum(), (table ** 2).sum(axis=1).mean(), rtol=1e-5)
+
+
 def test_top_directions_keep_dot_products_of_a_low_rank_table() -> None:
     from mmlens._nb.training_with_tensorflow import pretrained_embedding, top_directions
 
@@ -493,6 +506,7 @@ def test_top_directions_keep_dot_products_of_a_low_rank_table() -> None:
     assert small.shape == (50, 3) and small.dtype == np.float32
     np.testing.assert_allclose(small @ small.T, unit @ unit.T, atol=1e-5)
     assert not small[7].any()
+    np.testing.assert_array_equal(top_directions(unit, 3), small)  # the basis is fixed
     # fewer directions than the rank: dot products are approximated, not kept
     assert np.abs(top_directions(unit, 2) @ top_directions(unit, 2).T - unit @ unit.T).max() > 0.01
     layer = pretrained_embedding(table, "t", dim=3)

@@ -17,13 +17,15 @@ def unit_rows(table: np.ndarray) -> np.ndarray:
     return table / np.maximum(norms, 1e-12).astype(np.float32)
 
 
-def top_directions(rows: np.ndarray, dim: int) -> np.ndarray:
-    """``rows`` in the basis of their ``dim`` main directions (eigenvectors of ``rows.T @ rows``,
-    not centred, no rating used): dot products between rows are kept as well as ``dim`` numbers
-    can; zero rows stay zero."""
+def top_directions(rows: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:
+    """``rows`` projected on their ``dim`` main directions (eigenvectors of ``rows.T @ rows``,
+    not centred, no rating used) and written in a random orthonormal basis of that subspace
+    (fixed by ``seed``): dot products between rows are kept as well as ``dim`` numbers can, and
+    each coordinate carries a like share of the variance; zero rows stay zero."""
     gram = np.asarray(rows, np.float64).T @ np.asarray(rows, np.float64)
     _, vectors = np.linalg.eigh(gram)  # ascending eigenvalues
-    return (rows @ vectors[:, ::-1][:, :dim]).astype(np.float32)
+    turn, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, dim)))
+    return (rows @ vectors[:, ::-1][:, :dim] @ turn).astype(np.float32)
 
 
 def pretrained_embedding(table: np.ndarray, name: str, *, trainable: bool = False,
