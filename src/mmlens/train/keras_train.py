@@ -155,7 +155,8 @@ def score_part(model: Any, etl_dir: Path, schema: dict[str, Any], part: str,
 UNSEEN_POLICIES = ("zero", "keep")
 # the cold-aware model of 08/09 (see mmlens.train.models); 07 passes HugeCTR's plain MLP instead.
 # The poster table at its 64 main directions: on the sample world's validation parts (3 seeds)
-# +both scored as with every dimension (warm 0.8411 vs 0.8403, cold 0.7913 vs 0.7915), at 0.71 of
+# +both scored within the seeds' spread of every dimension (warm 0.8386 vs 0.8403, cold 0.7895 vs
+# 0.7915; 0.8411 and 0.7913 with the directions' own basis, see top_directions), at 0.71 of
 # ID-only's step time instead of 0.64. The text keeps every dimension: at 64 it lost on
 # validation, here and on the real-data protocol (notebook 10 chooses its width per source).
 DEFAULT_MODEL_OPTIONS: dict[str, Any] = {"tower": True, "item_dropout": 0.25,
