@@ -25,7 +25,7 @@ import pandas as pd
 from mmlens import protocol
 from mmlens.train import ablation
 
-TEXT_WIDTHS = (None, 128, 64)  # the text table's candidate widths: all 384 dims, 128 or 64 main directions
+TEXT_WIDTHS = (None, 128, 64)  # candidate text table widths: all 384 dims, 128 or 64 directions
 
 
 def run_protocol(work_dir: Path, datasets: Path, seeds: Sequence[int],
