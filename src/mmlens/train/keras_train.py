@@ -157,8 +157,9 @@ UNSEEN_POLICIES = ("zero", "keep")
 # The poster table at its 64 main directions: on the sample world's validation parts (3 seeds)
 # +both scored within the seeds' spread of every dimension (warm 0.8386 vs 0.8403, cold 0.7895 vs
 # 0.7915; 0.8411 and 0.7913 with the directions' own basis, see top_directions), at 0.71 of
-# ID-only's step time instead of 0.64. The text keeps every dimension: at 64 it lost on
-# validation, here and on the real-data protocol (notebook 10 chooses its width per source).
+# ID-only's step time instead of 0.64. The text keeps every dimension: at 64 or 128 +both lost on
+# the sample world's cold validation parts by more than the spread (0.7841, 0.7875 vs 0.7895);
+# notebook 10 chooses the text width per source and split on real ratings.
 DEFAULT_MODEL_OPTIONS: dict[str, Any] = {"tower": True, "item_dropout": 0.25,
                                          "content_dim": {"poster": 64}}
 
