@@ -719,6 +719,35 @@ def test_table_and_local_dir_providers(tmp_path: Path) -> None:
         TableProvider(tmp_path / "bad.csv")
 
 
+def test_a_user_table_that_cannot_be_used_is_a_user_error(tmp_path: Path) -> None:
+    """What people hand to TableProvider: a spreadsheet's export, TMDB's column names, ids with
+    decimals or words: each a one-line UserError naming the file, never a traceback."""
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("movieId,synopsis\n1,Caf\xe9 noir\n".encode("latin-1"))
+    overview = tmp_path / "overview.csv"
+    pd.DataFrame({"movieId": [1], "overview": ["x"]}).to_csv(overview, index=False)
+    words = tmp_path / "words.csv"
+    words.write_text("movieId,synopsis\n1,one\ntt0114709,two\n")
+    halves = tmp_path / "halves.csv"
+    halves.write_text("movieId,synopsis\n1.5,one\n")
+    torn = tmp_path / "torn.parquet"
+    torn.write_bytes(b"PAR1 not a parquet file")
+    for table, message in [(latin, "not UTF-8"), (overview, r"synopsis column .*'overview'"),
+                           (words, "1 movieId values are not whole numbers .*'tt0114709'"),
+                           (halves, "not whole numbers"), (torn, "cannot be read"),
+                           (tmp_path / "absent.csv", "does not exist")]:
+        with pytest.raises(UserError, match=message) as caught:
+            TableProvider(table)
+        assert str(table) in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(UserError, match="does not exist"):
+        LocalDirProvider(tmp_path / "no-posters")
+    # whole numbers written as floats (a column with blanks) and a byte-order mark are fine
+    ok = tmp_path / "ok.csv"
+    ok.write_bytes("\ufeffmovieId,synopsis\n1.0,One.\n,orphan\n2,Two.\n2,Again.\n".encode())
+    provider = TableProvider(ok)
+    assert provider._rows == {1: {"synopsis": "One."}, 2: {"synopsis": "Two."}}
+
+
 def test_tmdb_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TMDB_API_KEY", raising=False)
     monkeypatch.delenv("TMDB_BEARER_TOKEN", raising=False)

@@ -24,6 +24,7 @@ from mmlens._nb.data_enrichment import TMDB_POSTER_SIZE, tmdb_fields, tmdb_movie
 from mmlens.enrich.cache import CacheEntry, CacheKey, ResponseCache
 from mmlens.enrich.fetch import MAX_DOCUMENT_BYTES, Fetcher, FetchError
 from mmlens.enrich.imdb_page import PageInfo, decode_page, parse_title_page  # noqa: F401
+from mmlens.errors import UserError
 
 logger = logging.getLogger("mmlens.enrich")
 T = TypeVar("T")
@@ -61,6 +62,10 @@ class Found:
     poster_key: CacheKey | None = None
     synopsis: str | None = None
     status: int | None = None
+
+
+class ProviderInputError(UserError, ValueError):
+    """A user table or folder given to a provider that cannot be used as one."""
 
 
 class InvalidContent(ValueError):
@@ -276,12 +281,16 @@ class TableProvider(Provider):
         self.name = name
         table = _read_table(self.path)
         if "movieId" not in table.columns:
-            raise ValueError(f"{self.path} has no movieId column (columns: {list(table.columns)})")
+            raise ProviderInputError(f"{self.path} has no movieId column "
+                                     f"(columns: {list(table.columns)})")
         present = [c for c in ("poster_url", "synopsis") if c in table.columns]
         if not present:
-            raise ValueError(f"{self.path} needs a poster_url and/or synopsis column")
+            raise ProviderInputError(f"{self.path} needs a poster_url and/or synopsis column "
+                                     f"(columns: {list(table.columns)})")
         self.modalities = tuple("poster" if c == "poster_url" else "synopsis" for c in present)
-        table = table.dropna(subset=["movieId"]).drop_duplicates("movieId", keep="first")
+        table = table.dropna(subset=["movieId"])
+        table = table.assign(movieId=_movie_ids(table["movieId"], self.path))
+        table = table.drop_duplicates("movieId", keep="first")
         self._rows: dict[int, dict[str, Any]] = {
             int(r["movieId"]): {c: (None if pd.isna(r[c]) else str(r[c])) for c in present}
             for r in table.to_dict("records")
@@ -314,7 +323,7 @@ class LocalDirProvider(Provider):
         self.directory = Path(directory)
         self.name = name
         if not self.directory.is_dir():
-            raise ValueError(f"poster folder {self.directory} does not exist")
+            raise ProviderInputError(f"poster folder {self.directory} does not exist")
         self._files: dict[str, Path] = {}
         for p in sorted(self.directory.iterdir()):
             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
@@ -332,12 +341,31 @@ class LocalDirProvider(Provider):
 
 def _read_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
-        raise ValueError(f"provider table {path} does not exist")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    if path.suffix.lower() in (".csv", ".tsv", ".txt"):
-        return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
-    raise ValueError(f"provider table {path} must be .csv, .tsv or .parquet")
+        raise ProviderInputError(f"provider table {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".pq", ".csv", ".tsv", ".txt"):
+        raise ProviderInputError(f"provider table {path} must be .csv, .tsv or .parquet")
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    except UnicodeDecodeError as exc:
+        raise ProviderInputError(f"provider table {path} is not UTF-8 text ({exc.reason} at byte "
+                                 f"{exc.start}): save it as UTF-8 or parquet") from exc
+    except (ValueError, OSError) as exc:  # pandas' ParserError and pyarrow's errors included
+        raise ProviderInputError(f"provider table {path} cannot be read: "
+                                 f"{' '.join(str(exc).split())}") from exc
+
+
+def _movie_ids(ids: pd.Series, path: Path) -> pd.Series:
+    """``ids`` as int64, or a ProviderInputError naming the first value that is not a whole
+    number (blank ids are dropped before)."""
+    numbers = pd.to_numeric(ids, errors="coerce")
+    bad = numbers.isna() | (numbers % 1 != 0)
+    if bad.any():
+        raise ProviderInputError(f"{path}: {int(bad.sum())} movieId values are not whole "
+                                 f"numbers (e.g. {ids[bad].iloc[0]!r})")
+    return numbers.astype("int64")
 
 
 # --------------------------------------------------------------------------- parsing
