@@ -9,6 +9,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mmlens-installed
 RUNS   ?= runs
 STAGE  ?=
+# pytest-xdist processes for the unit tests (CI has 2 cores)
+TEST_WORKERS ?= 2
 
 # Quiet, offline-safe defaults for every command below.
 export HF_HUB_OFFLINE := 1
@@ -41,14 +43,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench *.ipynb
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests -m "not notebook" -q
+	$(BIN)/python -m pytest tests -m "not notebook" -q -n $(TEST_WORKERS)
 
 notebooks-test: $(STAMP)
 	rm -rf $(NBMAKE_DATA)
 	$(NBMAKE_ENV) $(BIN)/python -m pytest --nbmake --nbmake-timeout=1800 -p no:cacheprovider -q --durations=3 $(NOTEBOOKS)
 
 test: lint $(STAMP)
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q -n $(TEST_WORKERS)
 	$(MAKE) --no-print-directory notebooks-test
 
 export: $(STAMP)
