@@ -224,6 +224,10 @@ def test_ablation_writes_table_and_figure(world: dict[str, Any]) -> None:
     # one seed: the "ensemble" is that model, scored again on the same rows
     assert saved["cold"]["+both"]["ens_auc"] == pytest.approx(saved["cold"]["+both"]["auc_mean"])
     assert summary.set_index(["setting", "variant"])["ens_auc"].isna().sum() == 2  # popularity
+    boots = summary.set_index(["setting", "variant"])["val_boot"]
+    assert boots[("cold", "popularity")] is None
+    assert all(boots[(s, v)].shape == (ablation.DRAWS,) for s in ("warm", "cold")
+               for v in ("id-only", "+both"))
     picked = saved["chosen_on_validation"]
     assert set(picked) == {f"{s}/{v}" for s in ("warm", "cold") for v in ("id-only", "+both")}
     assert picked["warm/id-only"]["chosen"] == "id-only"  # nothing smaller to choose
@@ -279,6 +283,46 @@ def test_choice_on_validation_falls_back_to_fewer_tables() -> None:
     assert out.loc["+both", "chosen"] == "+both"  # 0.73 beats ID-only by more than 0 ...
     tie = summary.assign(val_auc_mean=[0.70, 0.70, 0.70, 0.70, None])
     assert set(ablation.choose_on_validation(tie, candidates)["chosen"]) == {"id-only"}
+
+
+def test_movie_bootstrap_redraws_whole_movies_the_same_way_for_every_model() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    movies = rng.integers(0, 40, 600) * 7 + 1000  # ids need not be 0..n-1
+    labels = (rng.random(600) < 0.5).astype(np.float32)
+    good = labels + rng.normal(0, 1.0, 600)
+    better = good + 0.5 * labels
+    boot = ablation.movie_bootstrap(labels, good, movies, draws=50)
+    assert boot.shape == (50,) and np.isfinite(boot).all()
+    np.testing.assert_array_equal(boot, ablation.movie_bootstrap(labels, good, movies, draws=50))
+    # draw k by hand: 40 movies drawn with replacement, every row of each drawn movie
+    ids = np.unique(movies)
+    pick = np.random.default_rng(0).integers(0, len(ids), len(ids))
+    rows = np.concatenate([np.flatnonzero(movies == ids[i]) for i in pick])
+    assert boot[0] == pytest.approx(roc_auc_score(labels[rows], good[rows]))
+    # paired: the same redraws for both models, so their difference is far less noisy than
+    # either AUC alone (redraws of other movies would not cancel)
+    lift = ablation.movie_bootstrap(labels, better, movies, draws=50) - boot
+    assert (lift > 0).all() and lift.std() < boot.std()
+    unpaired = ablation.movie_bootstrap(labels, better, movies, draws=50, seed=1) - boot
+    assert lift.std() < unpaired.std()
+
+
+def test_choice_margin_includes_the_validation_movies_noise() -> None:
+    candidates = {"+text": ["id-only", "+text"]}
+    summary = _val_summary({"id-only": 0.70, "+text": 0.72}, {"id-only": 0.71, "+text": 0.73})
+    assert ablation.choose_on_validation(summary, candidates)["chosen"].item() == "+text"
+    base = np.linspace(0.65, 0.75, 300)
+    for paired_noise, chosen in ((0.05, "id-only"), (0.005, "+text")):
+        shift = np.random.default_rng(0).normal(0.02, paired_noise, 300)
+        boots = pd.Series([base, base + shift, None], dtype=object)
+        out = ablation.choose_on_validation(summary.assign(val_boot=boots), candidates)
+        assert out["chosen"].item() == chosen  # a lead of 0.02 against that noise
+    # the seeds' spread still counts when the redraws agree
+    boots = pd.Series([base, base + 0.02, None], dtype=object)
+    noisy = summary.assign(val_boot=boots, val_auc_std=[0.03, 0.0, None])
+    assert ablation.choose_on_validation(noisy, candidates)["chosen"].item() == "id-only"
 
 
 def test_ablation_summary_mean_and_std() -> None:
@@ -420,8 +464,13 @@ def test_averaged_training_scores_the_model_it_keeps(world: dict[str, Any]) -> N
     keras.backend.clear_session()
     _, refit = keras_train.train_and_evaluate(
         etl_dir, schema, modalities=("text",), epochs=3, seed=1, batch_size=64, average=(2, 1),
-        refit=True)
+        refit=True, keep_valid=True)
     assert refit["refit"] and 0.5 < refit["auc"] <= 1.0
+    # the validation scores kept are the first fit's (the refit trained on the valid rows)
+    valid_labels, valid_probs = refit.pop("valid_scores")
+    np.testing.assert_array_equal(valid_labels, labels)
+    assert evaluate.pointwise_metrics(valid_labels, valid_probs)["auc"] == pytest.approx(
+        refit["best_val_auc"])
 
 
 def test_list_column_padding_and_rebatch_cover_every_row_once() -> None:

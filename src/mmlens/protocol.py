@@ -343,12 +343,14 @@ METRICS_FILE = "metrics.json"
 
 
 def write_metrics(target: Path, summary: pd.DataFrame) -> Path:
-    """The summary rows and, per text source and setting, the model chosen on validation."""
+    """The summary rows (without their ``val_boot`` arrays) and, per text source and setting,
+    the model chosen on validation."""
     from mmlens.train import evaluate
 
     picks = {f"{r['text']}/{r['setting']}": evaluate.clean(
         {k: r[k] for k in ("chosen", "val_auc_mean", "auc_mean", "auc_std", "ens_auc")})
         for r in chosen(summary).to_dict("records")}
-    rows = [evaluate.clean(r) for r in summary.to_dict("records")]
+    rows = [evaluate.clean(r) for r in
+            summary.drop(columns="val_boot", errors="ignore").to_dict("records")]
     artifacts.write_json(target, {"chosen_on_validation": picks, "summary": rows})
     return target

@@ -27,8 +27,9 @@ from mmlens.train import data, keras_train
 
 def train_runs(cfg: Config, splits: Sequence[str], variants: Sequence[str],
                seeds: Sequence[int], **train: Any) -> tuple[pd.DataFrame, dict[Any, Any]]:
-    """One row of test metrics per split x variant x seed, and per (split, variant) the test
-    labels with every seed's predicted probabilities."""
+    """One row of test metrics per split x variant x seed, and per (split, variant, part) the
+    part's labels with every seed's predicted probabilities: ``"test"``, and ``"valid"`` as
+    scored before any refit on train + valid (what the model choice below compares)."""
     import keras
 
     rows, scores = [], {}
@@ -37,10 +38,11 @@ def train_runs(cfg: Config, splits: Sequence[str], variants: Sequence[str],
         etl_dir, schema = data.require_split(cfg, split)
         keras.backend.clear_session()
         model, m = keras_train.train_and_evaluate(
-            etl_dir, schema, modalities=VARIANTS[variant], seed=seed, **train)
-        labels, probs = keras_train.score_part(model, etl_dir, schema, "test",
-                                               VARIANTS[variant], m["batch_size"])
-        scores.setdefault((split, variant), (labels, []))[1].append(probs)
+            etl_dir, schema, modalities=VARIANTS[variant], seed=seed, keep_valid=True, **train)
+        test = keras_train.score_part(model, etl_dir, schema, "test", VARIANTS[variant],
+                                      m["batch_size"])
+        for part, (labels, probs) in (("test", test), ("valid", m.pop("valid_scores"))):
+            scores.setdefault((split, variant, part), (labels, []))[1].append(probs)
         rows.append({"split": split, "setting": SETTINGS.get(split, split), "variant": variant,
                      "seed": seed, "auc": m["auc"], "logloss": m["logloss"],
                      "val_auc": m["best_val_auc"], "epochs_run": m["epochs_run"]})
@@ -63,7 +65,28 @@ def seed_ensemble(labels: np.ndarray, probs: Sequence[np.ndarray]) -> dict[str, 
 # --- 09-Do-Pretrained-Embeddings-Help.ipynb, cell 16 ---
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+DRAWS = 300  # redraws of the validation movies
+
+
+def movie_bootstrap(labels: np.ndarray, probs: np.ndarray, movies: np.ndarray,
+                    draws: int = DRAWS, seed: int = 0) -> np.ndarray:
+    """AUC of ``probs`` on ``draws`` redraws of the rows' movies (with replacement, each drawn
+    movie with all its rows; NaN where a redraw has one class only). The redraws depend only on
+    ``movies`` and ``seed``: models scored on the same rows are scored on the same redraws."""
+    _, row_movie = np.unique(movies, return_inverse=True)
+    n = int(row_movie.max()) + 1
+    rng = np.random.default_rng(seed)
+    aucs = np.full(draws, np.nan)
+    for k in range(draws):
+        weight = np.bincount(rng.integers(0, n, n), minlength=n)[row_movie]
+        keep = weight > 0
+        if len(np.unique(labels[keep])) == 2:
+            aucs[k] = roc_auc_score(labels[keep], probs[keep], sample_weight=weight[keep])
+    return aucs
 
 
 def nested_candidates(variants: Sequence[str]) -> dict[str, list[str]]:
@@ -71,22 +94,31 @@ def nested_candidates(variants: Sequence[str]) -> dict[str, list[str]]:
     return {v: [u for u in variants if set(VARIANTS[u]) <= set(VARIANTS[v])] for v in variants}
 
 
+def noise(part: pd.DataFrame, a: str, b: str) -> float:
+    """How far the mean validation AUCs of rows ``a`` and ``b`` can differ by chance: the larger
+    of their spreads over seeds (``val_auc_std``) and, where both rows have ``val_boot`` (their
+    :func:`movie_bootstrap`), the standard deviation of the paired differences."""
+    noises = [float(part.at[x, "val_auc_std"]) for x in (a, b) if "val_auc_std" in part]
+    boot = [part.at[x, "val_boot"] if "val_boot" in part else None for x in (a, b)]
+    if all(isinstance(x, np.ndarray) for x in boot):
+        noises.append(float(np.nanstd(boot[1] - boot[0])))
+    return max([n for n in noises if n == n], default=0.0)  # n == n: not NaN
+
+
 def choose_on_validation(summary: pd.DataFrame, candidates: Mapping[str, Sequence[str]],
                          by: str = "variant") -> pd.DataFrame:
     """Per setting and name of ``candidates``: the summary row chosen among ``candidates[name]``
     (values of column ``by``, simplest first): a candidate replaces the current choice when its
-    mean validation AUC is higher by more than the larger spread over seeds (``val_auc_std``,
-    0 when absent); ``chosen`` names it."""
+    mean validation AUC is higher by more than their :func:`noise`; ``chosen`` names it."""
     rows = []
     for setting, part in summary.groupby("setting", sort=False):
         part = part.dropna(subset=["val_auc_mean"]).set_index(by)
-        spread = part.get("val_auc_std", pd.Series(0.0, index=part.index)).fillna(0.0)
         for name, options in candidates.items():
             present = [o for o in options if o in part.index]
             best = present[0]
             for option in present[1:]:
-                margin = max(spread[best], spread[option])
-                if part.at[option, "val_auc_mean"] > part.at[best, "val_auc_mean"] + margin:
+                lead = part.at[option, "val_auc_mean"] - part.at[best, "val_auc_mean"]
+                if lead > noise(part, best, option):
                     best = option
             rows.append({**part.loc[best].to_dict(), "setting": setting, by: name,
                          "chosen": best})

@@ -19,9 +19,11 @@ import pandas as pd
 
 from mmlens import artifacts
 from mmlens._nb.do_pretrained_embeddings_help import (
+    DRAWS,
     SETTINGS,
     VARIANTS,
     choose_on_validation,
+    movie_bootstrap,
     nested_candidates,
     seed_ensemble,
     train_runs,
@@ -29,8 +31,8 @@ from mmlens._nb.do_pretrained_embeddings_help import (
 from mmlens.config import Config
 from mmlens.train import data, evaluate
 
-__all__ = ["SETTINGS", "VARIANTS", "choose_on_validation", "nested_candidates", "run",
-           "seed_ensemble", "summarize", "with_ensembles"]
+__all__ = ["DRAWS", "SETTINGS", "VARIANTS", "choose_on_validation", "movie_bootstrap",
+           "nested_candidates", "run", "seed_ensemble", "summarize", "with_ensembles"]
 FIGURE_NAME = "09-ablation.png"
 
 
@@ -54,8 +56,10 @@ def run(
     print_table: bool = True,
 ) -> pd.DataFrame:
     """Train every variant x seed on each split (notebook 09's :func:`train_runs`); return mean/std
-    per (setting, variant) and the seed ensemble's ``ens_auc`` / ``ens_logloss``
-    (:func:`seed_ensemble`), beside the popularity baseline.
+    per (setting, variant), the seed ensemble's ``ens_auc`` / ``ens_logloss``
+    (:func:`seed_ensemble`) and ``val_boot``, the :func:`movie_bootstrap` of the seeds' mean
+    validation predictions (an array per row: what :func:`choose_on_validation` pairs), beside
+    the popularity baseline.
 
     Writes ``metrics/09.json`` (summary, runs, and per variant the one chosen on validation:
     :func:`choose_on_validation` over :func:`nested_candidates`), ``metrics/09-ablation.csv``
@@ -89,7 +93,9 @@ def run(
     runs = pd.concat([runs, pd.DataFrame(popularity)], ignore_index=True)
     summary = with_ensembles(summarize(runs), {
         (SETTINGS.get(split, split), variant): seed_ensemble(labels, probs)
-        for (split, variant), (labels, probs) in scores.items()})
+        for (split, variant, part), (labels, probs) in scores.items() if part == "test"})
+    summary["val_boot"] = pd.Series(validation_bootstraps(summary, loaded, scores),
+                                    index=summary.index, dtype=object)
     if write:
         _write(cfg, runs, summary, fine_tune)
     print(f"09 ablation: {len(splits) * len(variants) * len(seeds)} models ({len(splits)} splits "
@@ -97,8 +103,23 @@ def run(
           f"{', tables fine-tuned' if fine_tune else ''}) trained and scored in "
           f"{time.perf_counter() - start:.0f} s" + ("" if write else " (not written)"))
     if print_table:
-        print(summary.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
+        print(summary.drop(columns="val_boot").to_string(index=False,
+                                                         float_format=lambda x: f"{x:.4f}"))
     return summary
+
+
+def validation_bootstraps(summary: pd.DataFrame, loaded: dict[str, tuple[Any, dict[str, Any]]],
+                          scores: dict[Any, Any]) -> list[np.ndarray | None]:
+    """Per summary row, the :func:`movie_bootstrap` of its seeds' mean validation predictions
+    (None for the popularity baseline, which has none)."""
+    boots = {}
+    for (split, variant, part), (labels, probs) in scores.items():
+        if part == "valid":
+            etl_dir, schema = loaded[split]
+            movies = data.read_frame(data.part_dir(etl_dir, schema, "valid"), [data.ITEM_SLOT])
+            boots[SETTINGS.get(split, split), variant] = movie_bootstrap(
+                labels, np.mean(np.stack(probs), axis=0), movies[data.ITEM_SLOT].to_numpy())
+    return [boots.get(key) for key in zip(summary["setting"], summary["variant"], strict=True)]
 
 
 def _popularity(etl_dir: Any, schema: dict[str, Any]) -> dict[str, float]:

@@ -182,6 +182,7 @@ def train_and_evaluate(
     refit: bool = False,
     rating_mix: float = 0.0,
     average: tuple[int, int] | None = None,
+    keep_valid: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """Build, fit and score one model on ``etl_dir``; return ``(model, metrics)``.
 
@@ -196,7 +197,10 @@ def train_and_evaluate(
     stopping) and test keep the 0/1 label. ``average=(before, after)``: the model kept is the
     mean of the epochs around the best one (:class:`models.WeightAverage`; a refit runs up to
     ``after`` epochs more, those the first fit ran, and averages the same window), and
-    ``best_val_auc`` is that model's validation AUC.
+    ``best_val_auc`` is that model's validation AUC. ``keep_valid``: ``metrics["valid_scores"]``
+    holds ``(labels, probabilities)`` of the validation rows (file order), scored before any
+    refit: what a model choice on validation compares (arrays: pop them before writing the
+    metrics as JSON).
     """
     if unseen_items not in UNSEEN_POLICIES:
         raise ValueError(f"unseen_items must be one of {UNSEEN_POLICIES}, got {unseen_items!r}")
@@ -217,9 +221,10 @@ def train_and_evaluate(
                   epochs=epochs, patience=patience, out_dir=out_dir, average=average)
     best_epoch = int(np.argmax(history["val_auc"])) + 1 if history.get("val_auc") else epochs
     val_auc = max(history.get("val_auc", [float("nan")]))
+    valid = (score_part(model, etl_dir, schema, "valid", mods, batch_size)
+             if average is not None or keep_valid else None)
     if average is not None:  # the averaged model's own score, not an epoch's
-        val_auc = evaluate.pointwise_metrics(*score_part(model, etl_dir, schema, "valid", mods,
-                                                         batch_size))["auc"]
+        val_auc = evaluate.pointwise_metrics(*valid)["auc"]
     if refit:
         from mmlens.train import models
 
@@ -244,6 +249,8 @@ def train_and_evaluate(
     metrics["unseen_items"] = unseen_items
     metrics["refit"] = refit
     metrics["rating_mix"] = rating_mix
+    if keep_valid:
+        metrics["valid_scores"] = valid
     return model, metrics
 
 
