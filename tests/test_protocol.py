@@ -187,10 +187,36 @@ def test_comparison_lifts_and_gaps() -> None:
     assert gaps.loc["cold", "chosen"] == "text, 64 dims"
 
 
+def test_choice_steps_show_each_comparison_and_its_noise() -> None:
+    summary = _summary()
+    steps = protocol.choice_steps(summary)
+    tags_cold = steps[(steps["text"] == "title+genres+tags") & (steps["setting"] == "cold")]
+    assert tags_cold[["choice", "candidate", "replaces"]].values.tolist() == [
+        ["id-only", "text, all dims", True], ["text, all dims", "text, 64 dims", True]]
+    assert tags_cold["lead"].tolist() == pytest.approx([0.02, 0.01])
+    assert (steps["movie_se"] == 0).all()  # no val_boot: the seeds' spread alone (absent: 0)
+    # the same 64-d lead of 0.01 inside the validation movies' noise keeps every dimension
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.7, 0.01, 300)
+    noisy = {"text, 64 dims": base + rng.normal(0.0, 0.02, 300)}
+    boots = [noisy.get(c, base) if v != "popularity" else None
+             for c, v in zip(summary["candidate"], summary["variant"], strict=True)]
+    with_noise = summary.assign(val_boot=pd.Series(boots, dtype=object))
+    steps = protocol.choice_steps(with_noise).set_index(["text", "setting", "candidate"])
+    step = steps.loc[("title+genres+tags", "cold", "text, 64 dims")]
+    assert step["movie_se"] == pytest.approx(0.02, rel=0.2) and not step["replaces"]
+    picks = protocol.chosen(with_noise).set_index(["text", "setting"])
+    assert picks.loc[("title+genres+tags", "cold"), "chosen"] == "text, all dims"
+
+
 def test_metrics_record_the_choice(tmp_path: Path) -> None:
     saved = json.loads(protocol.write_metrics(tmp_path / "m.json", _summary()).read_text())
     assert saved["chosen_on_validation"]["title+genres/cold"]["chosen"] == "id-only"
     assert len(saved["summary"]) == len(_summary())
+    boots = pd.Series([np.zeros(3)] * len(_summary()), dtype=object)
+    saved = json.loads(protocol.write_metrics(tmp_path / "b.json",
+                                              _summary().assign(val_boot=boots)).read_text())
+    assert "val_boot" not in saved["summary"][0]  # the arrays stay out of the JSON
 
 
 def _release(root: Path, n_users: int = 40, n_movies: int = 30) -> Path:

@@ -216,6 +216,13 @@ def _sources(summary: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(summary.loc[summary["variant"] == "+text", "text"]))
 
 
+def _candidates(summary: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The rows one text source chooses among: ID-only's (trained once, in the first source's
+    directory, on the same rows) and its own +text rows, in run order."""
+    return pd.concat([summary[summary["variant"] == ID_ONLY],
+                      summary[(summary["variant"] == "+text") & (summary["text"] == source)]])
+
+
 def chosen(summary: pd.DataFrame) -> pd.DataFrame:
     """Per text source and setting, the model chosen on validation among ID-only and +text at
     each width, in that order (notebook 09's ``choose_on_validation``): its row as the source's
@@ -223,15 +230,30 @@ def chosen(summary: pd.DataFrame) -> pd.DataFrame:
     ``text``)."""
     from mmlens.train.ablation import choose_on_validation
 
-    ids = summary[summary["variant"] == ID_ONLY]
     rows = []
     for source in _sources(summary):
-        part = pd.concat([ids, summary[(summary["variant"] == "+text")
-                                       & (summary["text"] == source)]])
+        part = _candidates(summary, source)
         options = list(dict.fromkeys(part["candidate"]))
         pick = choose_on_validation(part, {"+text": options}, by="candidate")
         rows.append(pick.assign(variant="+text", text=source))
     return pd.concat(rows, ignore_index=True)
+
+
+def choice_steps(summary: pd.DataFrame) -> pd.DataFrame:
+    """How :func:`chosen` got there: per text source and setting, one row per candidate after
+    ID-only (notebook 09's ``choice_steps``): the choice so far, the candidate's lead in mean
+    validation AUC, the seeds' ``spread``, the validation movies' ``movie_se`` and whether the
+    lead beat both."""
+    from mmlens.train.ablation import choice_steps as steps
+
+    rows = []
+    for source in _sources(summary):
+        part = _candidates(summary, source)
+        options = list(dict.fromkeys(part["candidate"]))
+        for setting, rows_of in part.groupby("setting", sort=False):
+            rows += [{"text": source, "setting": setting, **step}
+                     for step in steps(rows_of.set_index("candidate"), options)]
+    return pd.DataFrame(rows)
 
 
 def comparison(summary: pd.DataFrame) -> pd.DataFrame:
@@ -266,10 +288,7 @@ def comparison(summary: pd.DataFrame) -> pd.DataFrame:
 def widths(summary: pd.DataFrame) -> pd.DataFrame:
     """AUC against the text table's width: per text source and setting, each candidate's mean
     validation AUC (what the choice reads) and mean test AUC (reported, never compared)."""
-    ids = summary[summary["variant"] == ID_ONLY]
-    parts = [pd.concat([ids, summary[(summary["variant"] == "+text")
-                                     & (summary["text"] == source)]]).assign(text=source)
-             for source in _sources(summary)]
+    parts = [_candidates(summary, source).assign(text=source) for source in _sources(summary)]
     both = pd.concat(parts, ignore_index=True).rename(
         columns={"val_auc_mean": "valid", "auc_mean": "test"})
     table = both.pivot_table(index=["text", "setting"], columns="candidate",
@@ -332,6 +351,7 @@ def run(cfg: Config, *, seeds: int | None = None, epochs: int | None = None,
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
         print(comparison(summary).to_string(index=False))
         print(widths(summary).round(4).to_string())
+        print(choice_steps(summary).round(4).to_string(index=False))
         print(f"measured on this protocol ({PROTOCOL_DIR}/README.md):")
         print(base.to_string(index=False))
         print(lifts(summary).round(4).to_string(index=False))

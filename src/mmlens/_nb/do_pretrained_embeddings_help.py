@@ -64,6 +64,7 @@ def seed_ensemble(labels: np.ndarray, probs: Sequence[np.ndarray]) -> dict[str, 
 
 # --- 09-Do-Pretrained-Embeddings-Help.ipynb, cell 16 ---
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -94,32 +95,43 @@ def nested_candidates(variants: Sequence[str]) -> dict[str, list[str]]:
     return {v: [u for u in variants if set(VARIANTS[u]) <= set(VARIANTS[v])] for v in variants}
 
 
-def noise(part: pd.DataFrame, a: str, b: str) -> float:
+def noise(part: pd.DataFrame, a: str, b: str) -> dict[str, float]:
     """How far the mean validation AUCs of rows ``a`` and ``b`` can differ by chance: the larger
     of their spreads over seeds (``val_auc_std``) and, where both rows have ``val_boot`` (their
-    :func:`movie_bootstrap`), the standard deviation of the paired differences."""
-    noises = [float(part.at[x, "val_auc_std"]) for x in (a, b) if "val_auc_std" in part]
+    :func:`movie_bootstrap`), the standard deviation of the paired differences (0 where absent)."""
+    spreads = [float(part.at[x, "val_auc_std"]) for x in (a, b) if "val_auc_std" in part]
     boot = [part.at[x, "val_boot"] if "val_boot" in part else None for x in (a, b)]
-    if all(isinstance(x, np.ndarray) for x in boot):
-        noises.append(float(np.nanstd(boot[1] - boot[0])))
-    return max([n for n in noises if n == n], default=0.0)  # n == n: not NaN
+    paired = (float(np.nanstd(boot[1] - boot[0]))
+              if all(isinstance(x, np.ndarray) for x in boot) else 0.0)
+    return {"spread": max([s for s in spreads if s == s], default=0.0),  # s == s: not NaN
+            "movie_se": paired}
+
+
+def choice_steps(part: pd.DataFrame, options: Sequence[str]) -> list[dict[str, Any]]:
+    """The choice among the rows ``options`` of ``part`` (simplest first), one step per
+    candidate: the choice so far, the candidate's lead in mean validation AUC, the :func:`noise`
+    and whether the lead beat it (the candidate then becomes the choice)."""
+    best, steps = options[0], []
+    for option in options[1:]:
+        lead = part.at[option, "val_auc_mean"] - part.at[best, "val_auc_mean"]
+        chance = noise(part, best, option)
+        steps.append({"choice": best, "candidate": option, "lead": lead, **chance,
+                      "replaces": bool(lead > max(chance.values()))})
+        best = option if steps[-1]["replaces"] else best
+    return steps
 
 
 def choose_on_validation(summary: pd.DataFrame, candidates: Mapping[str, Sequence[str]],
                          by: str = "variant") -> pd.DataFrame:
     """Per setting and name of ``candidates``: the summary row chosen among ``candidates[name]``
-    (values of column ``by``, simplest first): a candidate replaces the current choice when its
-    mean validation AUC is higher by more than their :func:`noise`; ``chosen`` names it."""
+    (values of column ``by``, simplest first) by :func:`choice_steps`; ``chosen`` names it."""
     rows = []
     for setting, part in summary.groupby("setting", sort=False):
         part = part.dropna(subset=["val_auc_mean"]).set_index(by)
         for name, options in candidates.items():
             present = [o for o in options if o in part.index]
-            best = present[0]
-            for option in present[1:]:
-                lead = part.at[option, "val_auc_mean"] - part.at[best, "val_auc_mean"]
-                if lead > noise(part, best, option):
-                    best = option
+            kept = [s["candidate"] for s in choice_steps(part, present) if s["replaces"]]
+            best = kept[-1] if kept else present[0]
             rows.append({**part.loc[best].to_dict(), "setting": setting, by: name,
                          "chosen": best})
     return pd.DataFrame(rows)

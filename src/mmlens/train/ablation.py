@@ -22,6 +22,7 @@ from mmlens._nb.do_pretrained_embeddings_help import (
     DRAWS,
     SETTINGS,
     VARIANTS,
+    choice_steps,
     choose_on_validation,
     movie_bootstrap,
     nested_candidates,
@@ -31,8 +32,9 @@ from mmlens._nb.do_pretrained_embeddings_help import (
 from mmlens.config import Config
 from mmlens.train import data, evaluate
 
-__all__ = ["DRAWS", "SETTINGS", "VARIANTS", "choose_on_validation", "movie_bootstrap",
-           "nested_candidates", "run", "seed_ensemble", "summarize", "with_ensembles"]
+__all__ = ["DRAWS", "SETTINGS", "VARIANTS", "choice_steps", "choose_on_validation",
+           "movie_bootstrap", "nested_candidates", "run", "seed_ensemble", "summarize",
+           "with_ensembles"]
 FIGURE_NAME = "09-ablation.png"
 
 
