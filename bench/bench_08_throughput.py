@@ -24,11 +24,15 @@ swings in speed (over 2x between rounds on a shared 2-core VM) cancel out. Print
 - ``BENCH 08 frozen_all_dims_vs_id_only_throughput <ratio>`` and ``..._64_dims_...`` (no
   target): as the first, with both tables at every dimension (``content_dim=None``) or both at
   their 64 main directions: what the width costs (notebook 10 shows what it costs in AUC);
+- ``BENCH 08 protocol_text_vs_id_only_throughput`` (no target): the model notebook 10 trains on
+  real ratings (:data:`PROTOCOL_TRAIN`'s options: 64-d id vectors, one hidden layer of 64 with
+  dropout, the text table at every dimension, no poster) over that model without content: what
+  the content costs in the model whose real-data numbers the README reports;
 - ``BENCH 08 <model>_vs_id_only_cpu_throughput`` (no target) for ``frozen``,
-  ``frozen_all_dims`` and ``frozen_64_dims``: the same ratios in rows per second of the
-  process's CPU time (all threads). A shared VM's slow phases move wall time by up to 2x between
-  rounds; CPU time moves less, so this ratio says what the work costs when the wall-time
-  one is noisy. It is not the target: it ignores how well a model keeps both cores busy.
+  ``frozen_all_dims``, ``frozen_64_dims`` and ``protocol_text``: the same ratios in rows per
+  second of the process's CPU time (all threads). A shared VM's slow phases move wall time by up
+  to 2x between rounds; CPU time moves less, so this ratio says what the work costs when the
+  wall-time one is noisy. It is not the target: it ignores how well a model keeps both cores busy.
 
 ``--profile`` also traces :data:`PROFILE_EPOCHS` epochs of the ID-only and the default frozen model
 with TensorFlow's profiler and prints, per operation type, the milliseconds each spends per step
@@ -51,6 +55,7 @@ import numpy as np
 import pandas as pd
 
 from mmlens import artifacts, etl, feature_store, protocol
+from mmlens._nb.real_data_protocol import PROTOCOL_TRAIN
 from mmlens.config import Config
 from mmlens.sample import ensure_world
 
@@ -61,6 +66,8 @@ EPOCHS = 6
 SEED = 0
 PROFILE_EPOCHS = 3
 PROFILE_TOP = 8
+#: notebook 10's model on real ratings; its text table at every dimension (chosen there)
+PROTOCOL_MODEL = {**PROTOCOL_TRAIN["model_options"], "content_dim": None}
 
 
 def write_random_tables(cfg: Config) -> None:
@@ -185,7 +192,10 @@ def main() -> int:
                   "streamed": epoch_timer(etl_dir, schema, content, False),
                   "frozen_all_dims": epoch_timer(etl_dir, schema, content, True,
                                                  content_dim=None),
-                  "frozen_64_dims": epoch_timer(etl_dir, schema, content, True, content_dim=64)}
+                  "frozen_64_dims": epoch_timer(etl_dir, schema, content, True, content_dim=64),
+                  "protocol_id_only": epoch_timer(etl_dir, schema, (), True, **PROTOCOL_MODEL),
+                  "protocol_text": epoch_timer(etl_dir, schema, ("text",), True,
+                                               **PROTOCOL_MODEL)}
         speeds: dict[str, list[float]] = {name: [] for name in timers}
         cpu: dict[str, list[float]] = {name: [] for name in timers}
         names = list(timers)
@@ -207,9 +217,12 @@ def main() -> int:
         for width in ("all", "64"):
             print(f"BENCH 08 frozen_{width}_dims_vs_id_only_throughput "
                   f"{paired(f'frozen_{width}_dims', 'id_only'):.3f}")
-        for name in ("frozen", "frozen_all_dims", "frozen_64_dims"):
+        print(f"BENCH 08 protocol_text_vs_id_only_throughput "
+              f"{paired('protocol_text', 'protocol_id_only'):.3f}")
+        for name in ("frozen", "frozen_all_dims", "frozen_64_dims", "protocol_text"):
+            base = "protocol_id_only" if name.startswith("protocol") else "id_only"
             print(f"BENCH 08 {name}_vs_id_only_cpu_throughput "
-                  f"{paired(name, 'id_only', cpu):.3f}")
+                  f"{paired(name, base, cpu):.3f}")
         if "--profile" in sys.argv[1:]:
             profile(etl_dir, schema, work)
         return 0
