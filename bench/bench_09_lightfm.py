@@ -23,11 +23,8 @@ as for bench_09_protocol (``MMLENS_BENCH09_DIR`` keeps and reuses one).
 
 from __future__ import annotations
 
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from bench_09_protocol import bench_key, in_work_dir
 from sklearn.metrics import roc_auc_score
 
 from mmlens import artifacts, protocol, splits
@@ -130,8 +128,17 @@ def run_source(cfg: Config, source: str, seeds: tuple[int, ...]) -> dict[str, li
     return tests
 
 
-def _key(name: str) -> str:
-    return name.replace("+", "_plus_").replace("-", "_").strip("_")
+def _run(work: Path) -> int:
+    seeds = protocol.seed_range()
+    for source in protocol.TEXT_SOURCES:
+        tests = run_source(protocol.source_config(work, source), source, seeds)
+        for setting, values in tests.items():
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            print(f"  {source} {setting}: test AUC {statistics.mean(values):.4f} "
+                  f"+- {spread:.4f} over {len(values)} seeds")
+            print(f"BENCH 09 lightfm_{bench_key(source)}_{setting}_auc "
+                  f"{statistics.mean(values):.4f}")
+    return 0
 
 
 def main() -> int:
@@ -141,22 +148,7 @@ def main() -> int:
         print("bench_09_lightfm needs lightfm: pip install setuptools && "
               "pip install --no-build-isolation lightfm")
         return 1
-    keep = os.environ.get("MMLENS_BENCH09_DIR")
-    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="mmlens-bench09-", dir="/tmp"))
-    seeds = protocol.seed_range()
-    try:
-        for source in protocol.TEXT_SOURCES:
-            tests = run_source(protocol.source_config(work, source), source, seeds)
-            for setting, values in tests.items():
-                spread = statistics.stdev(values) if len(values) > 1 else 0.0
-                print(f"  {source} {setting}: test AUC {statistics.mean(values):.4f} "
-                      f"+- {spread:.4f} over {len(values)} seeds")
-                print(f"BENCH 09 lightfm_{_key(source)}_{setting}_auc "
-                      f"{statistics.mean(values):.4f}")
-        return 0
-    finally:
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
+    return in_work_dir(_run)
 
 
 if __name__ == "__main__":

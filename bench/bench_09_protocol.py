@@ -21,24 +21,31 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from mmlens import protocol
 from mmlens.config import Config
 
 
-def main() -> int:
+def in_work_dir(run: Callable[[Path], int]) -> int:
+    """``run`` on ``MMLENS_BENCH09_DIR`` (kept) or on a temporary directory (deleted after)."""
     keep = os.environ.get("MMLENS_BENCH09_DIR")
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="mmlens-bench09-", dir="/tmp"))
     try:
-        return _run(work)
+        return run(work)
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _key(name: str) -> str:
+def bench_key(name: str) -> str:
+    """A text source's name as a BENCH line's key (``title+genres`` -> ``title_plus_genres``)."""
     return name.replace("+", "_plus_").replace("-", "_").strip("_")
+
+
+def main() -> int:
+    return in_work_dir(_run)
 
 
 def _run(work: Path) -> int:
@@ -46,7 +53,7 @@ def _run(work: Path) -> int:
     base = protocol.baselines(protocol.datasets_dir() / protocol.PROTOCOL_DIR)
     ids = summary[summary["variant"] == protocol.ID_ONLY].drop_duplicates("setting")
     for rec in [*ids.to_dict("records"), *protocol.chosen(summary).to_dict("records")]:
-        name = "id_only" if rec["variant"] == "id-only" else f"text_{_key(rec['text'])}"
+        name = "id_only" if rec["variant"] == "id-only" else f"text_{bench_key(rec['text'])}"
         which = "" if rec["variant"] == "id-only" else f", chosen on validation: {rec['chosen']}"
         print(f"BENCH 09 protocol_{rec['setting']}_{name}_auc {rec['auc_mean']:.4f} "
               f"(std {rec['auc_std']:.4f}{which})")
