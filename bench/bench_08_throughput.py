@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from machine import describe
 
 from mmlens import artifacts, etl, feature_store, protocol
 from mmlens._nb.real_data_protocol import PROTOCOL_TRAIN
@@ -185,7 +186,7 @@ def main() -> int:
     try:
         start = time.perf_counter()
         etl_dir, schema = prepare(work)
-        print(f"prepared the sample world in {time.perf_counter() - start:.0f} s")
+        print(f"prepared the sample world in {time.perf_counter() - start:.0f} s; {describe()}")
         content = ("poster", "text")
         timers = {"id_only": epoch_timer(etl_dir, schema, (), True),
                   "frozen": epoch_timer(etl_dir, schema, content, True),

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from machine import describe
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -39,6 +41,7 @@ def main(argv: list[str]) -> int:
         collected += [line for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
         failed += proc.returncode != 0
     print("\n=== collected")
+    print(describe())
     print("\n".join(collected))
     return 1 if failed else 0
 
