@@ -186,7 +186,7 @@ def main() -> int:
     try:
         start = time.perf_counter()
         etl_dir, schema = prepare(work)
-        print(f"prepared the sample world in {time.perf_counter() - start:.0f} s; {describe()}")
+        print(f"prepared the sample world in {time.perf_counter() - start:.0f} s")
         content = ("poster", "text")
         timers = {"id_only": epoch_timer(etl_dir, schema, (), True),
                   "frozen": epoch_timer(etl_dir, schema, content, True),
@@ -197,6 +197,7 @@ def main() -> int:
                   "protocol_id_only": epoch_timer(etl_dir, schema, (), True, **PROTOCOL_MODEL),
                   "protocol_text": epoch_timer(etl_dir, schema, ("text",), True,
                                                **PROTOCOL_MODEL)}
+        print(describe())
         speeds: dict[str, list[float]] = {name: [] for name in timers}
         cpu: dict[str, list[float]] = {name: [] for name in timers}
         names = list(timers)

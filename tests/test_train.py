@@ -648,3 +648,18 @@ def test_in_memory_batches_are_copies_of_the_part() -> None:
     again = list(data.owned_batches(part, 4))
     assert [len(y) for _, y in again] == [4, 4, 2] and (again[0][1] == 0).all()
     assert again[0][0]["x"].tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("preset", [None, "0"])
+def test_importing_mmlens_turns_tensorflows_onednn_on_unless_the_user_chose(preset):
+    """``mmlens.TENSORFLOW_DEFAULTS`` reach a TensorFlow loaded after mmlens (on AVX2-only CPUs
+    TensorFlow alone leaves oneDNN off); a value the user set wins."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if preset is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = preset
+    code = ("import os, mmlens, tensorflow\n"
+            "from tensorflow.python.util import _pywrap_util_port as port\n"
+            "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], port.IsMklEnabled())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.split() == ([preset, "False"] if preset else ["1", "True"])
