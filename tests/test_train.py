@@ -651,7 +651,8 @@ def test_in_memory_batches_are_copies_of_the_part() -> None:
 
 
 @pytest.mark.parametrize("preset", [None, "0"])
-def test_importing_mmlens_turns_tensorflows_onednn_on_unless_the_user_chose(preset):
+def test_importing_mmlens_turns_tensorflows_onednn_on_unless_the_user_chose(
+        preset: str | None) -> None:
     """``mmlens.TENSORFLOW_DEFAULTS`` reach a TensorFlow loaded after mmlens (on AVX2-only CPUs
     TensorFlow alone leaves oneDNN off); a value the user set wins."""
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}

@@ -12,8 +12,8 @@ import os
 __version__ = "0.1.0"
 
 #: TensorFlow's oneDNN kernels turn on by themselves only on CPUs with VNNI or AMX; elsewhere
-#: (AVX2-only CPUs) TensorFlow's own matmuls, built without AVX2/FMA, run the frozen tables'
-#: projections 2-3x slower (README: bench_08). A value the user already set wins.
+#: (AVX2-only CPUs) TensorFlow's own matmuls, built without AVX2/FMA, make the frozen tables'
+#: projections the slow part of a training step (README: bench_08). A value the user set wins.
 TENSORFLOW_DEFAULTS = {"TF_ENABLE_ONEDNN_OPTS": "1"}
 
 for _name, _value in TENSORFLOW_DEFAULTS.items():
