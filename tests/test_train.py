@@ -664,3 +664,111 @@ def test_importing_mmlens_turns_tensorflows_onednn_on_unless_the_user_chose(
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True, timeout=120)
     assert out.stdout.split() == ([preset, "False"] if preset else ["1", "True"])
+
+
+def _neighbour_reference(vectors: np.ndarray, codes: np.ndarray, labels: np.ndarray,
+                         users: np.ndarray, items: np.ndarray, k: int, temperature: float
+                         ) -> np.ndarray:
+    """:class:`layers.HistoryNeighbours` row by row, in plain numpy."""
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    out = np.zeros((len(users), 3))
+    for row, (u, m) in enumerate(zip(users, items, strict=True)):
+        keep = (codes[u] != data.PAD) & (codes[u] != m)
+        if not keep.any():
+            continue
+        sim, lab = unit[codes[u][keep]] @ unit[m], labels[u][keep]
+        top = np.argsort(-sim, kind="stable")[:k]
+        weights = np.exp((sim - sim.max()) / temperature)
+        out[row] = lab[top].mean(), sim[top].mean(), (weights * lab).sum() / weights.sum()
+    return out
+
+
+NEIGHBOUR_CASE = {  # 4 user codes (0 is padding), 6 movie codes with 3-d content
+    "vectors": [[1, 1, 1], [1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0.8, 0.6], [0.5, 0.5, 0]],
+    "rows": [(1, 1, 1.0), (1, 2, 0.0), (1, 3, 1.0), (1, 4, 0.0), (2, 3, 1.0), (2, 5, 1.0)],
+    "users": [1, 1, 1, 2, 2, 3], "items": [2, 5, 3, 3, 1, 4],
+}
+
+
+def _neighbour_check(k: int = 2, temperature: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """(the layer's features, the reference) on :data:`NEIGHBOUR_CASE`."""
+    vectors = np.asarray(NEIGHBOUR_CASE["vectors"], np.float32)
+    users, items, labels = (np.array(c) for c in zip(*NEIGHBOUR_CASE["rows"], strict=True))
+    codes, values = layers.user_history(users, items, labels, n_users=4)
+    layer = layers.HistoryNeighbours(4, codes.shape[1], *vectors.shape, k=k,
+                                     temperature=temperature)
+    batch = [np.array(NEIGHBOUR_CASE[c]) for c in ("users", "items")]
+    layer(batch)
+    layer.set_weights([models.unit_rows(vectors), codes, values])
+    return (np.asarray(keras.ops.convert_to_numpy(layer(batch))),
+            _neighbour_reference(vectors, codes, values, *batch, k, temperature))
+
+
+def test_history_neighbours_read_the_users_own_labels_on_the_nearest_movies() -> None:
+    got, want = _neighbour_check()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert got[0, 0] == 1.0 and got[3, 0] == 1.0  # nearest to 2: movies 1 and 3 (liked)
+    np.testing.assert_array_equal(got[5], 0.0)  # user 3 has no history
+    wide, _ = _neighbour_check(k=10)  # k beyond the history: every movie of it, none invented
+    np.testing.assert_allclose(wide[:, 0], [2 / 3, 0.5, 1 / 3, 1.0, 1.0, 0.0], atol=1e-6)
+    with pytest.raises(ValueError, match="k >= 1"):
+        layers.HistoryNeighbours(2, 2, 3, 3, k=0)
+
+
+def test_user_history_pads_and_caps_each_users_rows() -> None:
+    codes, labels = layers.user_history(np.array([2, 1, 2, 2]), np.array([5, 6, 7, 8]),
+                                        np.array([1, 0, 1, 0]), n_users=4)
+    assert codes.shape == (4, 3) and codes.dtype == np.int32
+    assert sorted(codes[2]) == [5, 7, 8] and list(codes[1]) == [6, data.PAD, data.PAD]
+    assert not codes[[0, 3]].any() and labels[2][codes[2] == 8] == 0.0
+    capped, _ = layers.user_history(np.full(50, 1), np.arange(1, 51), np.ones(50), 2,
+                                    max_length=8, seed=3)
+    again, _ = layers.user_history(np.full(50, 1), np.arange(1, 51), np.ones(50), 2,
+                                   max_length=8, seed=3)
+    assert capped.shape == (2, 8) and len(set(capped[1])) == 8
+    np.testing.assert_array_equal(capped, again)
+    with pytest.raises(ValueError, match="outside"):
+        layers.user_history(np.array([4]), np.array([1]), np.array([1]), n_users=4)
+
+
+def test_neighbour_features_train_save_and_follow_the_refit(world: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    etl_dir, schema = world["dirs"]["cold-items"], world["schemas"]["cold-items"]
+    options = {**keras_train.DEFAULT_MODEL_OPTIONS, "neighbours": 3}
+    model, metrics = keras_train.train_and_evaluate(
+        etl_dir, schema, modalities=("text",), epochs=2, seed=1, batch_size=64, refit=True,
+        model_options=options)
+    assert 0.5 < metrics["auc"] <= 1
+    codes = model.get_layer("neighbours_text").get_weights()[1]
+    valid = data.read_frame(data.part_dir(etl_dir, schema, "valid"), ["userId", "movieId"])
+    user, movie = valid.iloc[0]
+    assert movie in codes[user]  # the refit model reads the validation rows as history too
+    assert not np.isin(codes, schema["cold_movie_codes"]).any()  # never a test rating
+    feats, _ = data.read_part(data.part_dir(etl_dir, schema, "test"), schema, ("text",))
+    again = models.load_model(models.save_model(model, tmp_path))
+    np.testing.assert_allclose(models.predict_features(again, feats),
+                               models.predict_features(model, feats), rtol=1e-5)
+    with pytest.raises(ValueError, match="history"):
+        models.build_mlp(schema, world["tables"]["cold-items"], modalities=("text",),
+                         neighbours=3)
+
+
+TORCH_NEIGHBOURS = """
+import json, sys
+sys.modules["tensorflow"] = None
+sys.path.insert(0, sys.argv[1])
+import keras
+from test_train import _neighbour_check
+got, want = _neighbour_check()
+print(json.dumps({"backend": keras.backend.backend(), "gap": float(abs(got - want).max())}))
+"""
+
+
+def test_history_neighbours_on_the_torch_backend() -> None:
+    pytest.importorskip("torch")
+    proc = subprocess.run([sys.executable, "-c", TORCH_NEIGHBOURS, str(Path(__file__).parent)],
+                          env={**os.environ, "KERAS_BACKEND": "torch"}, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["backend"] == "torch" and result["gap"] < 1e-5

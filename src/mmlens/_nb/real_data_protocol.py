@@ -12,7 +12,7 @@ PROTOCOL_TRAIN = {
     "epochs": 30, "patience": 3, "batch_size": 1024, "lr": 2e-3, "refit": True,
     "rating_mix": 0.6, "average": (3, 2),
     "model_options": {**DEFAULT_MODEL_OPTIONS, "emb_l2": 1e-4, "emb_dim": 64, "mlp": (64,),
-                      "dropout": 0.3},
+                      "dropout": 0.3, "neighbours": 5},
 }
 
 # --- 10-Real-Data-Protocol.ipynb, cell 12 ---

@@ -140,7 +140,9 @@ class DeepOptions:
     content vectors; ``trainable_tables``: fine-tune them; ``known_items`` (0/1 per movie code),
     ``item_dropout`` and ``tower``: the cold-movie options; ``emb_l2``: L2 on id tables;
     ``content_dim``: the width of the frozen tables (None: all their dimensions; a number: that
-    many main directions; a dict: per modality)."""
+    many main directions; a dict: per modality); ``neighbours`` (k, 0: off) with ``history``
+    (each user's training rows, ``layers.user_history``): what the user's own labels say about
+    the k movies of their history nearest this one in each table."""
 
     modalities: Sequence[str] | None = None
     emb_dim: int = 32
@@ -155,6 +157,8 @@ class DeepOptions:
     tower: bool = False
     emb_l2: float = 0.0
     content_dim: int | Mapping[str, int | None] | None = None
+    neighbours: int = 0
+    history: tuple[np.ndarray, np.ndarray] | None = None
 
 # --- 08-Training-with-TensorFlow.ipynb, cell 19 ---
 from collections.abc import Mapping
@@ -163,12 +167,15 @@ from typing import Any
 import keras
 import numpy as np
 
+from mmlens.train.layers import history_neighbours
+
 
 def deep_part(schema: dict[str, Any], tables: Mapping[str, np.ndarray], inputs: dict[str, Any],
-              modalities: tuple[str, ...], keep: Any, o: DeepOptions) -> tuple[Any, Any]:
-    """The MLP output over [id features, content features] and the tower term (or None)."""
+              modalities: tuple[str, ...], keep: Any, o: DeepOptions) -> tuple[Any, list[Any]]:
+    """The MLP output over [id features, content features, neighbour features] and the other
+    logit terms: the tower's, and one linear term per modality's neighbour features."""
     ids = id_features(schema, inputs, emb_dim=o.emb_dim, keep=keep, emb_l2=o.emb_l2)
-    feats, content = list(ids.values()), {}
+    feats, content, terms = list(ids.values()), {}, []
     for m in modalities:
         slot, flag = schema["pretrained"][m]["slot"], schema["pretrained"][m]["has_column"]
         width = o.content_dim.get(m) if isinstance(o.content_dim, Mapping) else o.content_dim
@@ -179,9 +186,17 @@ def deep_part(schema: dict[str, Any], tables: Mapping[str, np.ndarray], inputs: 
                                            project_dim=o.project_dim, normalize=o.normalize,
                                            with_flag=o.has_flags)
         feats += more
+        if o.neighbours:
+            if o.history is None:
+                raise ValueError("neighbours needs the users' history (layers.user_history)")
+            near = history_neighbours(inputs, table.get_weights()[0], o.history,
+                                      f"neighbours_{m}", k=o.neighbours)
+            feats.append(near)
+            terms.append(keras.layers.Dense(1, name=f"neighbours_{m}_logit")(near))
     x = keras.layers.Concatenate(name="concat")(feats) if len(feats) > 1 else feats[0]
-    dot = tower(ids, content, o.emb_dim) if o.tower else None
-    return mlp(x, o.mlp, o.dropout), dot
+    if o.tower:
+        terms.append(tower(ids, content, o.emb_dim))
+    return mlp(x, o.mlp, o.dropout), terms
 
 # --- 08-Training-with-TensorFlow.ipynb, cell 20 ---
 from collections.abc import Mapping
@@ -208,8 +223,8 @@ def build_mlp(schema: dict[str, Any], tables: Mapping[str, np.ndarray], *, name:
     o = DeepOptions(**options)
     inputs, mods = schema_inputs(schema, tables, o.modalities)  # one keras.Input per slot
     keep = item_gate(schema, inputs, o.known_items, o.item_dropout)
-    x, dot = deep_part(schema, tables, inputs, mods, keep, o)
-    return logit_model(inputs, x, [] if dot is None else [dot], name)
+    x, terms = deep_part(schema, tables, inputs, mods, keep, o)
+    return logit_model(inputs, x, terms, name)
 
 # --- 08-Training-with-TensorFlow.ipynb, cell 24 ---
 from typing import Any

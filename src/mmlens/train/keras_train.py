@@ -254,9 +254,23 @@ def train_and_evaluate(
     return model, metrics
 
 
+def training_history(train_parts: data.Parts, schema: dict[str, Any]) -> tuple[Any, Any]:
+    """Each user's movie codes and 0/1 labels in ``train_parts`` (:func:`layers.user_history`):
+    the history a model with ``neighbours`` reads, at training and prediction time alike."""
+    from mmlens.train import layers
+
+    column = {s["name"]: s["column"] for s in schema["slots"]}
+    users, items = column[data.USER_SLOT], column[data.ITEM_SLOT]
+    rows = data.read_frame(train_parts, [users, items, schema["label"]])
+    n_users = next(s["cardinality"] for s in schema["slots"] if s["name"] == data.USER_SLOT)
+    return layers.user_history(rows[users].to_numpy(), rows[items].to_numpy(),
+                               rows[schema["label"]].to_numpy(), int(n_users))
+
+
 def _new_model(spec: dict[str, Any], train_parts: data.Parts) -> Any:
     """A compiled model of ``spec``; with ``unseen_items="zero"``, movies absent from
-    ``train_parts`` are unknown to it."""
+    ``train_parts`` are unknown to it; with ``neighbours``, the users' history is
+    ``train_parts``."""
     from mmlens.train import layers, models
 
     options = dict(spec["options"])
@@ -265,6 +279,8 @@ def _new_model(spec: dict[str, Any], train_parts: data.Parts) -> Any:
         card = next(s["cardinality"] for s in schema["slots"] if s["name"] == data.ITEM_SLOT)
         seen = data.seen_codes(train_parts, schema, data.ITEM_SLOT)
         options["known_items"] = layers.known_mask(card, seen)
+    if options.get("neighbours"):
+        options["history"] = training_history(train_parts, schema)
     with strategy_scope():
         model = models.build(spec["variant"], schema, spec["tables"],
                              modalities=spec["modalities"], trainable_tables=spec["fine_tune"],

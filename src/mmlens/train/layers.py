@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from mmlens.train.data import ITEM_SLOT, PAD, _modalities, _slots
+from mmlens.train.data import ITEM_SLOT, PAD, USER_SLOT, _modalities, _slots
 
 GATE_LAYER = "item_id_gate"
 
@@ -152,3 +152,103 @@ def item_gate(schema: dict[str, Any], inputs: Mapping[str, Any], known_items: np
     if known_items is not None:
         gate.set_weights([np.asarray(known_items, np.float32)])
     return keep
+
+
+NEIGHBOUR_FEATURES = 3  # per modality: top-k mean label, top-k mean similarity, soft label
+
+
+@keras.saving.register_keras_serializable(package="mmlens")
+class HistoryNeighbours(keras.layers.Layer):
+    """What a user's own known ratings say about a movie, through its content: for each row
+    ``(user code, movie code)`` -> ``[B, 3]``: the mean label of the ``k`` movies of the user's
+    history whose content vectors are most like this movie's, their mean cosine similarity, and
+    the mean label over the whole history weighted by ``softmax(similarity / temperature)``.
+
+    Non-trainable weights, set once the model is built (:func:`history_neighbours`): ``vectors``
+    (unit content row per movie code), ``codes`` and ``labels`` (per user code, the movie codes
+    and 0/1 labels of the training rows, padded with :data:`PAD`). The row's own movie is left
+    out of its user's history, so a training row never reads its own label; a user with no other
+    history gets zeros.
+    """
+
+    def __init__(self, n_users: int, length: int, n_items: int, dim: int, k: int = 5,
+                 temperature: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if k < 1 or temperature <= 0:
+            raise ValueError(f"need k >= 1 and temperature > 0, got {k} and {temperature}")
+        self.n_users, self.length, self.n_items, self.dim = (int(n_users), int(length),
+                                                             int(n_items), int(dim))
+        self.k, self.temperature = int(k), float(temperature)
+        self.vectors = self.add_weight(shape=(self.n_items, self.dim), initializer="zeros",
+                                       trainable=False, name="vectors")
+        self.codes = self.add_weight(shape=(self.n_users, self.length), initializer="zeros",
+                                     dtype="int32", trainable=False, name="codes")
+        self.labels = self.add_weight(shape=(self.n_users, self.length), initializer="zeros",
+                                      trainable=False, name="labels")
+
+    def call(self, inputs: list[Any]) -> Any:
+        users, items = (ops.cast(ops.reshape(x, (-1,)), "int32") for x in inputs)
+        unique, inverse = unique_with_inverse(items)
+        sims = ops.matmul(ops.take(self.vectors, unique, axis=0), ops.transpose(self.vectors))
+        codes = ops.take(self.codes, users, axis=0)  # [B, L]
+        labels = ops.take(self.labels, users, axis=0)
+        # sims[inverse[b], codes[b, l]], read from the flat [U * N] matrix: no [B, N] copy
+        flat = ops.expand_dims(ops.cast(inverse, "int32") * self.n_items, 1) + codes
+        sim = ops.take(ops.reshape(sims, (-1,)), flat)
+        valid = ops.logical_and(ops.not_equal(codes, PAD), ops.not_equal(codes, items[:, None]))
+        low = ops.cast(-4.0, sim.dtype)  # below any cosine similarity
+        masked = ops.where(valid, sim, low)
+        top, where = ops.top_k(masked, min(self.k, self.length), sorted=False)
+        chosen = ops.cast(top > low, sim.dtype)
+        count = ops.maximum(ops.sum(chosen, axis=1), 1.0)
+        top_label = ops.sum(ops.take_along_axis(labels, where, axis=1) * chosen, axis=1) / count
+        top_sim = ops.sum(top * chosen, axis=1) / count
+        weights = ops.exp((masked - ops.max(masked, axis=1, keepdims=True)) / self.temperature)
+        weights = weights * ops.cast(valid, sim.dtype)
+        soft = ops.sum(weights * labels, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1e-12)
+        return ops.stack([top_label, top_sim, soft], axis=1)
+
+    def compute_output_spec(self, inputs: list[Any]) -> Any:
+        return keras.KerasTensor((None, NEIGHBOUR_FEATURES), dtype=self.compute_dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "n_users": self.n_users, "length": self.length,
+                "n_items": self.n_items, "dim": self.dim, "k": self.k,
+                "temperature": self.temperature}
+
+
+def user_history(users: np.ndarray, items: np.ndarray, labels: np.ndarray, n_users: int, *,
+                 max_length: int = 1024, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per user code, the movie codes ``[n_users, L]`` (int32, :data:`PAD` after the last) and
+    0/1 labels (float32) of the given rows; ``L`` is the longest history, at most
+    ``max_length`` (a longer one keeps a random ``max_length`` of its rows, fixed by ``seed``)."""
+    users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
+    labels = np.asarray(labels, np.float32)
+    if users.size and (users.min() < 0 or users.max() >= n_users):
+        raise ValueError(f"user codes outside 0..{n_users - 1}")
+    order = np.random.default_rng(seed).permutation(len(users))
+    order = order[np.argsort(users[order], kind="stable")]
+    users, items, labels = users[order], items[order], labels[order]
+    starts = np.searchsorted(users, np.arange(n_users))
+    position = np.arange(len(users)) - starts[users]
+    keep = position < max_length
+    length = int(position[keep].max()) + 1 if keep.any() else 1
+    codes = np.full((n_users, length), PAD, np.int32)
+    values = np.zeros((n_users, length), np.float32)
+    codes[users[keep], position[keep]] = items[keep]
+    values[users[keep], position[keep]] = labels[keep]
+    return codes, values
+
+
+def history_neighbours(inputs: Mapping[str, Any], table: np.ndarray,
+                       history: tuple[np.ndarray, np.ndarray], name: str, k: int = 5) -> Any:
+    """``[B, 3]`` :class:`HistoryNeighbours` features of the batch's (user, movie) rows over
+    ``table`` (rows = movie codes; unit-normalised here) and ``history``
+    (:func:`user_history`)."""
+    codes, labels = history
+    vectors = np.asarray(table, np.float32)
+    vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    layer = HistoryNeighbours(codes.shape[0], codes.shape[1], *vectors.shape, k=k, name=name)
+    out = layer([inputs[USER_SLOT], inputs[ITEM_SLOT]])
+    layer.set_weights([vectors, codes, labels])
+    return out

@@ -76,9 +76,8 @@ def build_wide_deep(schema: dict[str, Any], tables: Mapping[str, np.ndarray], *,
     o = DeepOptions(**options)
     inputs, mods = schema_inputs(schema, tables, o.modalities)
     keep = item_gate(schema, inputs, o.known_items, o.item_dropout)
-    x, dot = deep_part(schema, tables, inputs, mods, keep, o)
-    terms = _wide_terms(schema, inputs, keep)
-    return logit_model(inputs, x, terms if dot is None else [*terms, dot], name)
+    x, terms = deep_part(schema, tables, inputs, mods, keep, o)
+    return logit_model(inputs, x, [*_wide_terms(schema, inputs, keep), *terms], name)
 
 
 def average(members: Sequence[keras.Model], name: str = "seed_ensemble") -> keras.Model:
