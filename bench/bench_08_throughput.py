@@ -26,8 +26,9 @@ swings in speed (over 2x between rounds on a shared 2-core VM) cancel out. Print
   their 64 main directions: what the width costs (notebook 10 shows what it costs in AUC);
 - ``BENCH 08 protocol_text_vs_id_only_throughput`` (no target): the model notebook 10 trains on
   real ratings (:data:`PROTOCOL_TRAIN`'s options: 64-d id vectors, one hidden layer of 64 with
-  dropout, the text table at every dimension, no poster) over that model without content: what
-  the content costs in the model whose real-data numbers the README reports;
+  dropout, the text table at every dimension with its users' history neighbours, no poster)
+  over that model without content: what the content costs in the model whose real-data numbers
+  the README reports;
 - ``BENCH 08 <model>_vs_id_only_cpu_throughput`` (no target) for ``frozen``,
   ``frozen_all_dims``, ``frozen_64_dims`` and ``protocol_text``: the same ratios in rows per
   second of the process's CPU time (all threads). A shared VM's slow phases move wall time by up
@@ -115,6 +116,8 @@ def epoch_timer(etl_dir: Path, schema: dict[str, Any], modalities: tuple[str, ..
                            shuffle=True, seed=SEED, in_memory=in_memory)
     if in_memory:
         ds = ds.cache()
+    if options.get("neighbours"):
+        options["history"] = keras_train.training_history(train, schema)
     model = models.build("mlp", schema, data.load_tables(etl_dir, schema, modalities),
                          modalities=modalities,
                          **{**keras_train.DEFAULT_MODEL_OPTIONS, **options})

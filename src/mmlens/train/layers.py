@@ -1,6 +1,7 @@
 """The custom Keras layers of the mmlens models and the schema plumbing around them (one
-``keras.Input`` per ETL slot, the known-movie gate). ``keras.ops`` only, so they run on every Keras
-3 backend (TensorFlow here, torch in the Merlin container); registered, so saved models load."""
+``keras.Input`` per ETL slot, the known-movie gate, the users' history neighbours).
+``keras.ops`` only, so they run on every Keras 3 backend (TensorFlow here, torch in the Merlin
+container); registered, so saved models load."""
 
 from __future__ import annotations
 

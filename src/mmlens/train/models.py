@@ -22,6 +22,9 @@ Cold movies (options, all off by default so that the plain MLP stays HugeCTR's a
 - ``tower``: adds a factorisation term to the logit, ``<user vector, item vector>`` with item
   vector = id vector + genre and year vectors + a linear projection of each unit-normalised
   content vector: content moves a cold movie to where similar movies sit in the user space.
+- ``neighbours`` (k): what the user's own training labels say about the k movies of their
+  history nearest this one in each frozen table (:class:`layers.HistoryNeighbours`), fed to the
+  MLP and to the logit; ``keras_train`` gives it the history of the rows it trains on.
 """
 
 from __future__ import annotations
