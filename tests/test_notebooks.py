@@ -169,6 +169,22 @@ def test_tidy_streams_merges_streams_and_keeps_a_bars_last_state() -> None:
         ("stderr", "bar: 100%|##| 2/2\n"), ("stdout", "done\n"), ("stderr", "later\n")]
 
 
+def test_tidy_streams_drops_tensorflows_early_log_lines_only() -> None:
+    early = ("WARNING: All log messages before absl::InitializeLog() is called are written to "
+             "STDERR\nI0000 00:00:1796571031.786440   14317 port.cc:153] oneDNN custom "
+             "operations are on.\n")
+    error = "E0000 00:00:1796571031.786440   14317 cuda_dnn.cc:8] cannot load cuDNN\n"
+    out = nbformat.v4.new_output
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("x", outputs=[out("stream", name="stderr", text=early)]),
+        nbformat.v4.new_code_cell("y", outputs=[out("stream", name="stderr", text=early + error),
+                                                out("stream", name="stdout", text=early)])])
+    notebooks.tidy_streams(nb)
+    assert nb.cells[0].outputs == []
+    assert [(o.name, o.text) for o in nb.cells[1].outputs] == [("stderr", error),
+                                                                ("stdout", early)]
+
+
 def test_demo_metrics_table_names_the_chosen_models(tmp_path: Path) -> None:
     (tmp_path / "09.json").write_text(json.dumps({
         "warm": {"+text": {"auc_mean": 0.81, "n_seeds": 3}}, "fine_tune": False,

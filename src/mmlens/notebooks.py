@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,6 +20,12 @@ from typing import Any
 from mmlens.artifacts import NOTEBOOKS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# TensorFlow's C++ info and warning lines written before absl's logging starts (its oneDNN notice,
+# for one) ignore TF_CPP_MIN_LOG_LEVEL; the level the runs below set hides them, so do the outputs.
+EARLY_TF_LOG = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IW]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] .*)\n?", re.MULTILINE)
 
 
 def notebook_paths(root: Path = REPO_ROOT) -> list[Path]:
@@ -61,8 +68,9 @@ def strip_prefix(nb: Any, prefix: str) -> int:
 
 
 def tidy_streams(nb: Any) -> None:
-    """Merge each cell's consecutive stream outputs of one name (stdout, stderr) and keep what a
-    notebook shows of a progress bar: the text after a line's last carriage return."""
+    """Merge each cell's consecutive stream outputs of one name (stdout, stderr), keep what a
+    notebook shows of a progress bar (the text after a line's last carriage return) and drop
+    TensorFlow's early log lines from stderr (:data:`EARLY_TF_LOG`)."""
     for cell in nb.cells:
         merged: list[Any] = []
         for out in cell.get("outputs", []):
@@ -76,8 +84,11 @@ def tidy_streams(nb: Any) -> None:
             if out.get("output_type") == "stream":
                 lines = out["text"].split("\n")
                 out["text"] = "\n".join(line.rsplit("\r", 1)[-1] for line in lines)
+                if out["name"] == "stderr":
+                    out["text"] = EARLY_TF_LOG.sub("", out["text"])
         if "outputs" in cell:
-            cell["outputs"] = merged
+            cell["outputs"] = [o for o in merged
+                               if o.get("output_type") != "stream" or o["text"]]
 
 
 def execute(
@@ -130,6 +141,7 @@ def sample_env(data_dir: Path, profile: str = "default") -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONWARNINGS": "ignore",  # as the Makefile: e.g. NVTabular's CPU-mode notices
         "TQDM_MININTERVAL": "5",  # progress bars: a few lines in saved outputs, not hundreds
     }
 
