@@ -690,26 +690,31 @@ NEIGHBOUR_CASE = {  # 4 user codes (0 is padding), 6 movie codes with 3-d conten
 }
 
 
-def _neighbour_check(k: int = 2, temperature: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def _neighbour_check(k: int = 2, temperature: float = 0.5, precomputed: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """(the layer's features, the reference) on :data:`NEIGHBOUR_CASE`."""
     vectors = np.asarray(NEIGHBOUR_CASE["vectors"], np.float32)
     users, items, labels = (np.array(c) for c in zip(*NEIGHBOUR_CASE["rows"], strict=True))
     codes, values = layers.user_history(users, items, labels, n_users=4)
     layer = layers.HistoryNeighbours(4, codes.shape[1], *vectors.shape, k=k,
-                                     temperature=temperature)
+                                     temperature=temperature, precomputed=precomputed)
     batch = [np.array(NEIGHBOUR_CASE[c]) for c in ("users", "items")]
     layer(batch)
-    layer.set_weights([models.unit_rows(vectors), codes, values])
+    unit = models.unit_rows(vectors)
+    layer.set_weights([unit @ unit.T if precomputed else unit, codes, values])
     return (np.asarray(keras.ops.convert_to_numpy(layer(batch))),
             _neighbour_reference(vectors, codes, values, *batch, k, temperature))
 
 
-def test_history_neighbours_read_the_users_own_labels_on_the_nearest_movies() -> None:
-    got, want = _neighbour_check()
+@pytest.mark.parametrize("precomputed", [False, True])
+def test_history_neighbours_read_the_users_own_labels_on_the_nearest_movies(
+        precomputed: bool) -> None:
+    got, want = _neighbour_check(precomputed=precomputed)
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert got[0, 0] == 1.0 and got[3, 0] == 1.0  # nearest to 2: movies 1 and 3 (liked)
     np.testing.assert_array_equal(got[5], 0.0)  # user 3 has no history
-    wide, _ = _neighbour_check(k=10)  # k beyond the history: every movie of it, none invented
+    # k beyond the history: every movie of it, none invented
+    wide, _ = _neighbour_check(k=10, precomputed=precomputed)
     np.testing.assert_allclose(wide[:, 0], [2 / 3, 0.5, 1 / 3, 1.0, 1.0, 0.0], atol=1e-6)
     with pytest.raises(ValueError, match="k >= 1"):
         layers.HistoryNeighbours(2, 2, 3, 3, k=0)
@@ -739,7 +744,10 @@ def test_neighbour_features_train_save_and_follow_the_refit(world: dict[str, Any
         etl_dir, schema, modalities=("text",), epochs=2, seed=1, batch_size=64, refit=True,
         model_options=options)
     assert 0.5 < metrics["auc"] <= 1
-    codes = model.get_layer("neighbours_text").get_weights()[1]
+    near = model.get_layer("neighbours_text")
+    n_items = near.n_items
+    assert near.precomputed and near.get_weights()[0].shape == (n_items, n_items)  # small world
+    codes = near.get_weights()[1]
     valid = data.read_frame(data.part_dir(etl_dir, schema, "valid"), ["userId", "movieId"])
     user, movie = valid.iloc[0]
     assert movie in codes[user]  # the refit model reads the validation rows as history too
@@ -753,14 +761,32 @@ def test_neighbour_features_train_save_and_follow_the_refit(world: dict[str, Any
                          neighbours=3)
 
 
+def test_neighbour_features_compare_vectors_where_the_similarity_matrix_is_too_big(
+        world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    etl_dir, schema = world["dirs"]["cold-items"], world["schemas"]["cold-items"]
+    parts = {p: data.part_dir(etl_dir, schema, p) for p in ("train", "valid", "test")}
+    history = keras_train.training_history(parts["train"], schema)
+    feats, _ = data.read_part(parts["test"], schema, ("text",))
+    options = {"modalities": ("text",), "neighbours": 3, "history": history}
+    keras.utils.set_random_seed(4)
+    small = models.build_mlp(schema, world["tables"]["cold-items"], **options)
+    monkeypatch.setattr(layers, "SIMILARITY_CELLS_MAX", 0)
+    keras.utils.set_random_seed(4)
+    big = models.build_mlp(schema, world["tables"]["cold-items"], **options)
+    near = big.get_layer("neighbours_text")
+    assert not near.precomputed and near.get_weights()[0].shape == (near.n_items, near.dim)
+    np.testing.assert_allclose(models.predict_features(big, feats),
+                               models.predict_features(small, feats), rtol=1e-5, atol=1e-6)
+
+
 TORCH_NEIGHBOURS = """
 import json, sys
 sys.modules["tensorflow"] = None
 sys.path.insert(0, sys.argv[1])
 import keras
 from test_train import _neighbour_check
-got, want = _neighbour_check()
-print(json.dumps({"backend": keras.backend.backend(), "gap": float(abs(got - want).max())}))
+gaps = [abs(got - want).max() for got, want in (_neighbour_check(precomputed=p) for p in (0, 1))]
+print(json.dumps({"backend": keras.backend.backend(), "gap": float(max(gaps))}))
 """
 
 

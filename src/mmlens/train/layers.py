@@ -156,6 +156,9 @@ def item_gate(schema: dict[str, Any], inputs: Mapping[str, Any], known_items: np
 
 
 NEIGHBOUR_FEATURES = 3  # per modality: top-k mean label, top-k mean similarity, soft label
+#: the most cells a precomputed movie-by-movie similarity may hold (512 MiB of float32): up to
+#: 11,585 movies (ml-latest-small has 9,742), the matrix replaces a per-batch matmul
+SIMILARITY_CELLS_MAX = 2**27
 
 
 @keras.saving.register_keras_serializable(package="mmlens")
@@ -165,37 +168,51 @@ class HistoryNeighbours(keras.layers.Layer):
     history whose content vectors are most like this movie's, their mean cosine similarity, and
     the mean label over the whole history weighted by ``softmax(similarity / temperature)``.
 
-    Non-trainable weights, set once the model is built (:func:`history_neighbours`): ``vectors``
-    (unit content row per movie code), ``codes`` and ``labels`` (per user code, the movie codes
-    and 0/1 labels of the training rows, padded with :data:`PAD`). The row's own movie is left
-    out of its user's history, so a training row never reads its own label; a user with no other
-    history gets zeros.
+    Non-trainable weights, set once the model is built (:func:`history_neighbours`): the content,
+    either as ``vectors`` (unit row per movie code; the batch's movies are compared with every
+    movie at each step) or, with ``precomputed``, as the ``similarity`` of every pair of movie
+    codes (read, not computed, at each step: the same numbers for ``n_items**2`` floats of
+    memory); ``codes`` and ``labels`` (per user code, the movie codes and 0/1 labels of the
+    training rows, padded with :data:`PAD`). The row's own movie is left out of its user's
+    history, so a training row never reads its own label; a user with no other history gets
+    zeros.
     """
 
     def __init__(self, n_users: int, length: int, n_items: int, dim: int, k: int = 5,
-                 temperature: float = 0.1, **kwargs: Any) -> None:
+                 temperature: float = 0.1, precomputed: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if k < 1 or temperature <= 0:
             raise ValueError(f"need k >= 1 and temperature > 0, got {k} and {temperature}")
         self.n_users, self.length, self.n_items, self.dim = (int(n_users), int(length),
                                                              int(n_items), int(dim))
-        self.k, self.temperature = int(k), float(temperature)
-        self.vectors = self.add_weight(shape=(self.n_items, self.dim), initializer="zeros",
-                                       trainable=False, name="vectors")
+        self.k, self.temperature, self.precomputed = int(k), float(temperature), bool(precomputed)
+        if self.precomputed:
+            self.content = self.add_weight(shape=(self.n_items, self.n_items), initializer="zeros",
+                                           trainable=False, name="similarity")
+        else:
+            self.content = self.add_weight(shape=(self.n_items, self.dim), initializer="zeros",
+                                           trainable=False, name="vectors")
         self.codes = self.add_weight(shape=(self.n_users, self.length), initializer="zeros",
                                      dtype="int32", trainable=False, name="codes")
         self.labels = self.add_weight(shape=(self.n_users, self.length), initializer="zeros",
                                       trainable=False, name="labels")
 
+    def _similarity(self, items: Any, codes: Any) -> Any:
+        """``[B, L]`` cosine similarity of each row's movie with its user's history movies,
+        read from the flat ``[rows * N]`` similarity matrix (no ``[B, N]`` copy)."""
+        if self.precomputed:
+            rows, sims = items, self.content
+        else:
+            unique, rows = unique_with_inverse(items)
+            sims = ops.matmul(ops.take(self.content, unique, axis=0), ops.transpose(self.content))
+        flat = ops.expand_dims(ops.cast(rows, "int32") * self.n_items, 1) + codes
+        return ops.take(ops.reshape(sims, (-1,)), flat)
+
     def call(self, inputs: list[Any]) -> Any:
         users, items = (ops.cast(ops.reshape(x, (-1,)), "int32") for x in inputs)
-        unique, inverse = unique_with_inverse(items)
-        sims = ops.matmul(ops.take(self.vectors, unique, axis=0), ops.transpose(self.vectors))
         codes = ops.take(self.codes, users, axis=0)  # [B, L]
         labels = ops.take(self.labels, users, axis=0)
-        # sims[inverse[b], codes[b, l]], read from the flat [U * N] matrix: no [B, N] copy
-        flat = ops.expand_dims(ops.cast(inverse, "int32") * self.n_items, 1) + codes
-        sim = ops.take(ops.reshape(sims, (-1,)), flat)
+        sim = self._similarity(items, codes)
         valid = ops.logical_and(ops.not_equal(codes, PAD), ops.not_equal(codes, items[:, None]))
         low = ops.cast(-4.0, sim.dtype)  # below any cosine similarity
         masked = ops.where(valid, sim, low)
@@ -215,7 +232,7 @@ class HistoryNeighbours(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "n_users": self.n_users, "length": self.length,
                 "n_items": self.n_items, "dim": self.dim, "k": self.k,
-                "temperature": self.temperature}
+                "temperature": self.temperature, "precomputed": self.precomputed}
 
 
 def user_history(users: np.ndarray, items: np.ndarray, labels: np.ndarray, n_users: int, *,
@@ -245,11 +262,14 @@ def history_neighbours(inputs: Mapping[str, Any], table: np.ndarray,
                        history: tuple[np.ndarray, np.ndarray], name: str, k: int = 5) -> Any:
     """``[B, 3]`` :class:`HistoryNeighbours` features of the batch's (user, movie) rows over
     ``table`` (rows = movie codes; unit-normalised here) and ``history``
-    (:func:`user_history`)."""
+    (:func:`user_history`); the movies' similarities are precomputed where the matrix has at
+    most :data:`SIMILARITY_CELLS_MAX` cells."""
     codes, labels = history
     vectors = np.asarray(table, np.float32)
     vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    layer = HistoryNeighbours(codes.shape[0], codes.shape[1], *vectors.shape, k=k, name=name)
+    precomputed = len(vectors) ** 2 <= SIMILARITY_CELLS_MAX
+    layer = HistoryNeighbours(codes.shape[0], codes.shape[1], *vectors.shape, k=k,
+                              precomputed=precomputed, name=name)
     out = layer([inputs[USER_SLOT], inputs[ITEM_SLOT]])
-    layer.set_weights([vectors, codes, labels])
+    layer.set_weights([vectors @ vectors.T if precomputed else vectors, codes, labels])
     return out
