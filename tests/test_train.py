@@ -770,6 +770,9 @@ def test_neighbour_features_compare_vectors_where_the_similarity_matrix_is_too_b
     options = {"modalities": ("text",), "neighbours": 3, "history": history}
     keras.utils.set_random_seed(4)
     small = models.build_mlp(schema, world["tables"]["cold-items"], **options)
+    again = models.build_mlp(schema, world["tables"]["cold-items"], **options)
+    matrix = small.get_layer("neighbours_text").content
+    assert again.get_layer("neighbours_text").content is matrix  # one matrix per table
     monkeypatch.setattr(layers, "SIMILARITY_CELLS_MAX", 0)
     keras.utils.set_random_seed(4)
     big = models.build_mlp(schema, world["tables"]["cold-items"], **options)

@@ -5,6 +5,7 @@ container); registered, so saved models load."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -172,21 +173,25 @@ class HistoryNeighbours(keras.layers.Layer):
     either as ``vectors`` (unit row per movie code; the batch's movies are compared with every
     movie at each step) or, with ``precomputed``, as the ``similarity`` of every pair of movie
     codes (read, not computed, at each step: the same numbers for ``n_items**2`` floats of
-    memory); ``codes`` and ``labels`` (per user code, the movie codes and 0/1 labels of the
+    memory; ``similarity``: a matrix variable to share, :func:`shared_similarity`); ``codes``
+    and ``labels`` (per user code, the movie codes and 0/1 labels of the
     training rows, padded with :data:`PAD`). The row's own movie is left out of its user's
     history, so a training row never reads its own label; a user with no other history gets
     zeros.
     """
 
     def __init__(self, n_users: int, length: int, n_items: int, dim: int, k: int = 5,
-                 temperature: float = 0.1, precomputed: bool = False, **kwargs: Any) -> None:
+                 temperature: float = 0.1, precomputed: bool = False,
+                 similarity: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if k < 1 or temperature <= 0:
             raise ValueError(f"need k >= 1 and temperature > 0, got {k} and {temperature}")
         self.n_users, self.length, self.n_items, self.dim = (int(n_users), int(length),
                                                              int(n_items), int(dim))
         self.k, self.temperature, self.precomputed = int(k), float(temperature), bool(precomputed)
-        if self.precomputed:
+        if self.precomputed and similarity is not None:  # shared: see shared_similarity
+            self.content = similarity
+        elif self.precomputed:
             self.content = self.add_weight(shape=(self.n_items, self.n_items), initializer="zeros",
                                            trainable=False, name="similarity")
         else:
@@ -258,18 +263,38 @@ def user_history(users: np.ndarray, items: np.ndarray, labels: np.ndarray, n_use
     return codes, values
 
 
+#: the last similarity matrix built, by a digest of the table it was built from
+_SIMILARITY: dict[str, Any] = {}
+
+
+def shared_similarity(vectors: np.ndarray) -> Any:
+    """The non-trainable ``[N, N]`` variable of the unit rows' dot products, shared by the models
+    built from the same rows: Keras's ``fit`` (TensorFlow backend) keeps a model's own
+    non-trainable weights in memory after the model is gone, 380 MB per model for
+    ml-latest-small; a shared one is kept once. Holds one matrix: a new table replaces it."""
+    key = hashlib.sha1(np.ascontiguousarray(vectors, np.float32).tobytes()).hexdigest()
+    if key not in _SIMILARITY:
+        _SIMILARITY.clear()
+        _SIMILARITY[key] = keras.Variable(vectors @ vectors.T, trainable=False, name="similarity")
+    return _SIMILARITY[key]
+
+
 def history_neighbours(inputs: Mapping[str, Any], table: np.ndarray,
                        history: tuple[np.ndarray, np.ndarray], name: str, k: int = 5) -> Any:
     """``[B, 3]`` :class:`HistoryNeighbours` features of the batch's (user, movie) rows over
     ``table`` (rows = movie codes; unit-normalised here) and ``history``
-    (:func:`user_history`); the movies' similarities are precomputed where the matrix has at
-    most :data:`SIMILARITY_CELLS_MAX` cells."""
+    (:func:`user_history`); the movies' similarities are precomputed (and shared,
+    :func:`shared_similarity`) where the matrix has at most :data:`SIMILARITY_CELLS_MAX` cells."""
     codes, labels = history
     vectors = np.asarray(table, np.float32)
     vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     precomputed = len(vectors) ** 2 <= SIMILARITY_CELLS_MAX
     layer = HistoryNeighbours(codes.shape[0], codes.shape[1], *vectors.shape, k=k,
-                              precomputed=precomputed, name=name)
+                              precomputed=precomputed, name=name,
+                              similarity=shared_similarity(vectors) if precomputed else None)
     out = layer([inputs[USER_SLOT], inputs[ITEM_SLOT]])
-    layer.set_weights([vectors @ vectors.T if precomputed else vectors, codes, labels])
+    if not precomputed:
+        layer.content.assign(vectors)
+    layer.codes.assign(codes)
+    layer.labels.assign(labels)
     return out
