@@ -157,6 +157,9 @@ def item_gate(schema: dict[str, Any], inputs: Mapping[str, Any], known_items: np
 
 
 NEIGHBOUR_FEATURES = 3  # per modality: top-k mean label, top-k mean similarity, soft label
+#: the soft label's softmax temperature on cosine similarity, chosen on notebook 10's cold
+#: validation parts (3 seeds, both real texts) from 0.01, 0.02, 0.03, 0.05 and 0.1
+NEIGHBOUR_TEMPERATURE = 0.05
 #: the most cells a precomputed movie-by-movie similarity may hold (512 MiB of float32): up to
 #: 11,585 movies (ml-latest-small has 9,742), the matrix replaces a per-batch matmul
 SIMILARITY_CELLS_MAX = 2**27
@@ -181,7 +184,7 @@ class HistoryNeighbours(keras.layers.Layer):
     """
 
     def __init__(self, n_users: int, length: int, n_items: int, dim: int, k: int = 5,
-                 temperature: float = 0.1, precomputed: bool = False,
+                 temperature: float = NEIGHBOUR_TEMPERATURE, precomputed: bool = False,
                  similarity: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if k < 1 or temperature <= 0:
