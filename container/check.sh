@@ -54,10 +54,23 @@ inputs_hash() {
   cat "$IMAGE" "$REPLICA" "$LOCK" container/image_pins.py pyproject.toml | sha256sum | cut -c1-16
 }
 
+# The replica takes 6.2 GB (PyPI's torch brings its CUDA wheels): stop before a half install.
+REPLICA_GB=7
+check_room() {
+  local free_kb
+  free_kb=$(df -Pk "$(dirname "$VENV")" | awk 'NR == 2 {print $4}')
+  if [ "$free_kb" -lt $((REPLICA_GB * 1024 * 1024)) ]; then
+    echo "container-check: the replica needs about $REPLICA_GB GB and $(dirname "$VENV") has" \
+         "$((free_kb / 1024)) MB free: free some space or set CONTAINER_VENV to a disk with room." >&2
+    exit 1
+  fi
+}
+
 # The image's packages, then what the Dockerfile adds on top with the image's pins held.
 install_replica() {
   local python=$1 started=$SECONDS
   rm -rf "$VENV"
+  check_room
   "$python" -m venv "$VENV"
   say "installing the image's packages ($IMAGE, $REPLICA) with $("$python" --version)"
   "$VENV/bin/python" -m pip install "${PIP_QUIET[@]}" -r "$IMAGE" -r "$REPLICA"
