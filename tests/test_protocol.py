@@ -274,8 +274,13 @@ def test_run_protocol_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert len(probs) == 2 and all(p.shape == labels.shape for p in probs)
         assert out["auc"] == pytest.approx(evaluate.auc(labels, (probs[0] + probs[1]) / 2))
     assert sorted(models["ens_auc"]) == pytest.approx(sorted(out["auc"] for *_, out in calls))
+    # ... and its members are the seeds' own test predictions: their AUCs average to auc_mean
+    seed_means = [np.mean([evaluate.auc(labels, p) for p in probs]) for labels, probs, _ in calls]
+    assert sorted(models["auc_mean"]) == pytest.approx(sorted(seed_means))
     pairs = pd.read_csv(datasets / protocol.PROTOCOL_DIR / "warm_test_pairs.csv")
     assert len(calls[0][0]) == len(pairs)  # the first call: warm, ID-only, on the protocol's pairs
+    on_pairs = sum(len(labels) == len(pairs) for labels, *_ in calls)
+    assert on_pairs == (models["setting"] == "warm").sum()  # every warm model, no cold one
     texts = [text.synopsis_texts(protocol.source_config(tmp_path / "work", s), np.array([1]), s)[0]
              for s in protocol.TEXT_SOURCES]
     assert texts[:2] == ["Movie 1 (1981). Genres: Comedy",
@@ -300,4 +305,6 @@ def test_real_synopses_come_from_a_user_table(tmp_path: Path) -> None:
     assert text.synopsis_texts(cfg, ids, protocol.SYNOPSIS) == [
         "A toy cowboy meets a space ranger.", None, "A heist goes wrong.", None]
     meta = json.loads(artifacts.path(cfg, "pretrained_meta", modality="text").read_text())
-    assert meta  # the text table of the source reached the feature store
+    # the store's text table is this source's: movies 1 and 3 have a vector, the others none
+    assert meta["source_meta"]["text_source"] == protocol.SYNOPSIS
+    assert meta["n_present"] == 2 and meta["n_missing"] == meta["n_items"] - 2

@@ -231,7 +231,14 @@ def test_ablation_writes_table_and_figure(world: dict[str, Any]) -> None:
     picked = saved["chosen_on_validation"]
     assert set(picked) == {f"{s}/{v}" for s in ("warm", "cold") for v in ("id-only", "+both")}
     assert picked["warm/id-only"]["chosen"] == "id-only"  # nothing smaller to choose
-    assert picked["cold/+both"]["chosen"] in {"id-only", "+both"}
+    by_variant = summary.set_index(["setting", "variant"])
+    for key, rec in picked.items():  # each record holds the numbers of the row it chose
+        setting, chosen = key.split("/")[0], rec["chosen"]
+        assert rec["auc_mean"] == pytest.approx(saved[setting][chosen]["auc_mean"])
+        assert rec["val_auc_mean"] == pytest.approx(by_variant.loc[(setting, chosen),
+                                                                   "val_auc_mean"])
+        if chosen != "id-only":  # content replaces ID-only only with a validation lead
+            assert rec["val_auc_mean"] > by_variant.loc[(setting, "id-only"), "val_auc_mean"]
     assert (artifacts.path(cfg, "figures") / ablation.FIGURE_NAME).stat().st_size > 1000
     with pytest.raises(ValueError, match="unknown variants"):
         ablation.run(cfg, variants=("+audio",))
@@ -359,19 +366,28 @@ def test_unseen_movies_share_one_zero_id_vector(world: dict[str, Any], tmp_path:
     cold = schema["cold_movie_codes"]
     assert not set(cold) & set(seen.tolist())
     known = layers.known_mask(card, seen)
-    keras_train.set_seed(0)
-    model = models.build_wide_deep(schema, tables, emb_dim=4, mlp=(8,), known_items=known,
-                                   tower=True, item_dropout=0.3)
-    emb = model.get_layer("emb_movieId")
-    weights = emb.get_weights()[0]
-    weights[cold] = 50.0  # an untrained row must not reach the prediction
-    emb.set_weights([weights])
-    wide = model.get_layer("wide_movieId")
-    wide.set_weights([np.full_like(wide.get_weights()[0], 3.0)])
+
+    def build(known_items: np.ndarray | None) -> Any:
+        keras_train.set_seed(0)
+        model = models.build_wide_deep(schema, tables, emb_dim=4, mlp=(8,), tower=True,
+                                       known_items=known_items, item_dropout=0.3)
+        emb = model.get_layer("emb_movieId")
+        weights = emb.get_weights()[0]
+        # a different untrained row per cold movie: none may reach the prediction
+        weights[cold] = 0.5 * np.arange(1, len(cold) + 1, dtype=np.float32)[:, None]
+        emb.set_weights([weights])
+        wide = model.get_layer("wide_movieId")
+        wide.set_weights([0.01 * np.arange(card, dtype=np.float32)[:, None]])
+        return model
+
+    model = build(known)
     feats, _ = data.read_part(world["dirs"]["cold-items"] / "test", schema)
     p = models.predict_features(model, feats)
     swapped = {**feats, "movieId": np.full_like(feats["movieId"], cold[0])}
     np.testing.assert_allclose(p, models.predict_features(model, swapped), rtol=1e-6)
+    ungated = build(None)  # without the mask the same swap moves the predictions
+    assert not np.allclose(models.predict_features(ungated, feats),
+                           models.predict_features(ungated, swapped))
     warm = {**feats, "movieId": np.full_like(feats["movieId"], seen[0])}
     assert not np.allclose(p, models.predict_features(model, warm))
     saved = models.save_model(model, tmp_path)  # the mask travels with the model
@@ -415,6 +431,9 @@ def test_refit_trains_on_train_and_valid_for_the_chosen_epochs(world: dict[str, 
     model, metrics = keras_train.train_and_evaluate(
         etl_dir, schema, modalities=("text",), epochs=3, seed=1, batch_size=64, refit=True)
     assert metrics["refit"] and 1 <= metrics["best_epoch"] <= metrics["epochs_run"] <= 3
+    # the model scored is the refit: best_epoch epochs over every train and valid row
+    steps = -(-data.part_rows(parts) // metrics["batch_size"])
+    assert int(model.optimizer.iterations) == metrics["best_epoch"] * steps
     known = model.get_layer(layers.GATE_LAYER).get_weights()[0]
     valid_movies = data.seen_codes(parts[1], schema, "movieId")
     assert known[valid_movies].all()  # the refit model has seen the validation movies
@@ -498,6 +517,12 @@ def test_content_is_projected_once_per_distinct_movie(world: dict[str, Any]) -> 
     one_by_one = np.concatenate([models.predict_features(
         model, {k: v[i:i + 1] for k, v in feats.items()}) for i in range(5)])
     np.testing.assert_allclose(p[:5], one_by_one, rtol=1e-5)  # dedupe changes no prediction
+    batch = {k: np.repeat(v[:8], 4, axis=0) for k, v in feats.items()}  # 32 rows, <= 8 movies
+    for m, info in schema["pretrained"].items():  # the projection sees each movie once
+        projected = keras.Model(model.input, model.get_layer(f"project_{m}").output)
+        inputs = {k: batch[k] for k in (t.name.split(":")[0] for t in model.inputs)}
+        rows = projected.predict(inputs, batch_size=len(batch[info["slot"]]), verbose=0)
+        assert len(rows) == len(np.unique(batch[info["slot"]])) < len(batch[info["slot"]])
     narrow = models.build_mlp(schema, tables, emb_dim=4, mlp=(8,), tower=True, content_dim=3)
     assert {narrow.get_layer(f"pretrained_{m}").get_weights()[0].shape[1]
             for m in schema["pretrained"]} == {3}
@@ -520,9 +545,16 @@ def test_rating_mix_grades_training_targets_only(world: dict[str, Any]) -> None:
             frame["label"].to_numpy(np.float32), frame["rating"].to_numpy(), 0.5), rtol=1e-6)
     # off by default; on, training sees graded targets while test metrics use the 0/1 label
     etl_dir, schema = world["dirs"]["random"], world["schemas"]["random"]
-    _, metrics = keras_train.train_and_evaluate(
+    model, metrics = keras_train.train_and_evaluate(
         etl_dir, schema, modalities=("text",), epochs=1, seed=1, batch_size=64, rating_mix=0.5)
-    assert metrics["rating_mix"] == 0.5 and 0.0 <= metrics["auc"] <= 1.0
+    assert metrics["rating_mix"] == 0.5
+    labels, probs = keras_train.score_part(model, etl_dir, schema, "test", ("text",),
+                                           metrics["batch_size"])
+    test_labels = data.read_frame(etl_dir / "test", ["label"])["label"].to_numpy()
+    np.testing.assert_array_equal(labels, test_labels)  # the 0/1 labels, in file order
+    assert metrics["positive_rate"] == pytest.approx(test_labels.mean())
+    assert metrics["logloss"] == pytest.approx(evaluate.logloss(labels, probs), rel=1e-5)
+    assert metrics["auc"] == pytest.approx(evaluate.auc(labels, probs), rel=1e-5)
 
 
 def test_unit_rows_keeps_directions_and_zero_rows() -> None:
