@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -23,19 +25,32 @@ def test_config_env_and_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     real = Config.from_env(dataset="ml-25m", seed=None)
     assert real.dataset_dir == tmp_path.resolve() / "ml-25m" and real.seed == 7
     assert Config.from_env(device="cpu").resolved_device() == "cpu"
+    for available, device in ((True, "cuda"), (False, "cpu")):  # auto asks torch
+        cuda = SimpleNamespace(is_available=lambda available=available: available)
+        monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda))
+        assert Config(device="auto").resolved_device() == device
 
 
-def test_every_artifact_names_a_known_notebook() -> None:
+def test_every_artifact_names_a_notebook_of_the_series() -> None:
+    root = Path(__file__).resolve().parents[1]
     for art in artifacts.ARTIFACTS.values():
-        assert art.notebook.startswith(art.stage)
+        assert (root / art.notebook()).is_file(), art.name
+        for m, stage in artifacts.EXTRACTION_STAGES.items():
+            assert (root / art.notebook(modality=m)).is_file(), art.name
+            if "{modality}" in art.relpath and art.stage == "03":
+                assert art.notebook(modality=m).startswith(stage)
 
 
 def test_require_names_the_notebook(tmp_path: Path) -> None:
     cfg = Config(data_dir=tmp_path)
     with pytest.raises(MissingArtifactError, match="01-Download-Convert"):
         require(cfg, "ratings")
-    with pytest.raises(MissingArtifactError, match="04-Feature-Extraction-Text|03-"):
+    with pytest.raises(MissingArtifactError, match=r"04-Feature-Extraction-Text.*mmlens 04"):
         require(cfg, "embeddings", modality="text")
+    with pytest.raises(MissingArtifactError, match=r"03-Feature-Extraction-Poster.*mmlens 03"):
+        require(cfg, "embedding_meta", modality="poster")
+    with pytest.raises(MissingArtifactError, match=r"05-Create-Feature-Store.*mmlens 05"):
+        require(cfg, "pretrained", modality="text")  # a 05 artifact keeps its own stage
     p = artifacts.path(cfg, "ratings")
     p.parent.mkdir(parents=True)
     p.write_bytes(b"x")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -186,6 +189,9 @@ def test_alignment_check_is_all_equal(cfg: Config) -> None:
     table = etl.alignment_check(cfg, "cold-items", n=12)
     assert len(table) == 12 * 2 and table["equal"].all()
     assert set(table["expected_from"]) <= {"03/04 embedding", "05 table"}
+    text = table[table["modality"] == "text"]  # full-width: compared with 04's own vectors
+    assert text["has_content"].any()
+    assert (text.loc[text["has_content"], "expected_from"] == "03/04 embedding").all()
 
 
 def test_alignment_check_catches_a_wrong_offset(cfg: Config, tmp_path: Path) -> None:
@@ -220,11 +226,24 @@ def test_missing_store_names_notebook_05(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cluster", ["workers", "scheduler"])
-def test_local_cluster_matches_single_process(cfg: Config, tmp_path: Path, cluster: str) -> None:
+def test_local_cluster_matches_single_process(cfg: Config, tmp_path: Path, cluster: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     other = cfg.with_(data_dir=tmp_path)
     shutil.copytree(cfg.dataset_dir / "store", other.dataset_dir / "store")
     if cluster == "workers":
+        seen: dict[str, int] = {}
+        original = etl.dask_context
+
+        @contextlib.contextmanager
+        def spy(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            with original(*args, **kwargs) as client:
+                seen["workers"] = len(client.scheduler_info()["workers"])
+                yield client
+                seen["transitions"] = client.cluster.scheduler.transition_counter
+
+        monkeypatch.setattr(etl, "dask_context", spy)
         etl.run(other, splits=("random",), workers=2)
+        assert seen["workers"] == 2 and seen["transitions"] > 0  # the work ran on 2 workers
     else:
         from distributed import LocalCluster
 

@@ -23,8 +23,9 @@ def test_auc_counts_correctly_ordered_pairs() -> None:
 def test_logloss_by_hand() -> None:
     expected = -(math.log(0.8) + math.log(0.6)) / 2
     assert evaluate.logloss([1, 0], [0.8, 0.4]) == pytest.approx(expected)
-    # clipping keeps a confident mistake finite
-    assert math.isfinite(evaluate.logloss([1], [0.0]))
+    # clipping to [EPS, 1 - EPS] keeps a confident mistake finite
+    assert evaluate.logloss([1], [0.0]) == pytest.approx(-math.log(evaluate.EPS))
+    assert evaluate.logloss([0], [1.0]) == pytest.approx(-math.log(evaluate.EPS), rel=1e-6)
 
 
 def test_bad_inputs_raise() -> None:

@@ -8,8 +8,10 @@ import io
 import json
 import re
 import socket
+import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -19,6 +21,7 @@ from PIL import Image
 
 from mmlens.config import Config
 from mmlens.sample import PROFILES, Fault, ensure_world, generate_world, serve, world_dir
+from mmlens.sample import mirror as mirror_module
 from mmlens.sample.web import clean_imdb_description
 
 SEED = 7
@@ -312,7 +315,15 @@ def test_fault_status_html_redirect_and_order(mirror) -> None:
         Fault("explode")
 
 
-def test_fault_drop_truncate_delay(mirror, world: Path) -> None:
+def recorded_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The seconds the mirror (same process) sleeps from now on; it sleeps no more."""
+    slept: list[float] = []
+    monkeypatch.setattr(mirror_module, "time",
+                        SimpleNamespace(monotonic=time.monotonic, sleep=slept.append))
+    return slept
+
+
+def test_fault_drop_truncate_delay(mirror, world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     body = (world / "ml-sample.zip").read_bytes()
     mirror.add_fault(r"ml-sample\.zip$", Fault("drop", after_bytes=1000))
     conn = http.client.HTTPConnection("127.0.0.1", mirror.port, timeout=10)
@@ -327,7 +338,9 @@ def test_fault_drop_truncate_delay(mirror, world: Path) -> None:
     short = requests.get(f"{mirror.movielens_base_url}/ml-sample.zip", timeout=10)
     assert short.status_code == 200 and short.content == body[: len(body) // 2]
     mirror.add_fault(r"ml-sample\.zip$", Fault("delay", seconds=0.05))
+    slept = recorded_sleeps(monkeypatch)
     assert requests.get(f"{mirror.movielens_base_url}/ml-sample.zip", timeout=10).content == body
+    assert slept == [0.05]
 
 
 def test_fault_reset_and_big(mirror) -> None:
@@ -343,12 +356,14 @@ def test_fault_reset_and_big(mirror) -> None:
     assert [r.status for r in mirror.requests] == [0, 200, 200]
 
 
-def test_latency_and_server_stops(world: Path) -> None:
+def test_latency_and_server_stops(world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    slept = recorded_sleeps(monkeypatch)
     with serve(world, faults={r"\.md5$": Fault("status", status=503)}, latency_s=0.01) as m:
         port = m.port
         assert requests.get(f"{m.movielens_base_url}/ml-sample.zip.md5", timeout=10
                             ).status_code == 503
         assert len(m.requests) == 1 and m.requests[0].path.endswith(".md5")
+        assert slept == [0.01]  # the latency, before the fault's answer
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
 

@@ -36,6 +36,8 @@ NOTEBOOKS = {
 
 SPLITS = ("random", "temporal", "cold-items")
 MODALITIES = ("poster", "text")
+#: the stage that extracts each modality's features (the 03/04 artifacts below say "03")
+EXTRACTION_STAGES = {"poster": "03", "text": "04"}
 
 
 class MissingArtifactError(UserError, FileNotFoundError):
@@ -55,9 +57,16 @@ class Artifact:
         """Absolute path; ``fmt`` fills placeholders such as ``{split}`` or ``{modality}``."""
         return cfg.dataset_dir / self.relpath.format(**fmt)
 
-    @property
-    def notebook(self) -> str:
-        return NOTEBOOKS[self.stage]
+    def stage_for(self, **fmt: str) -> str:
+        """The stage that writes this artifact for ``fmt``: a 03/04 feature artifact is written
+        by its modality's stage (text: 04)."""
+        if self.stage == EXTRACTION_STAGES["poster"] and "modality" in fmt:
+            return EXTRACTION_STAGES.get(fmt["modality"], self.stage)
+        return self.stage
+
+    def notebook(self, **fmt: str) -> str:
+        """The notebook of :meth:`stage_for`."""
+        return NOTEBOOKS[self.stage_for(**fmt)]
 
 
 _ARTIFACTS = [
@@ -201,8 +210,9 @@ def require(cfg: Config, name: str, **fmt: str) -> Path:
     p = art.path(cfg, **fmt)
     if not p.exists():
         raise MissingArtifactError(
-            f"{p} is missing ({art.description}). It is written by notebook {art.notebook} "
-            f"(`python -m mmlens {art.stage}`): run that first for dataset {cfg.dataset!r}."
+            f"{p} is missing ({art.description}). It is written by notebook "
+            f"{art.notebook(**fmt)} (`python -m mmlens {art.stage_for(**fmt)}`): run that first "
+            f"for dataset {cfg.dataset!r}."
         )
     return p
 
