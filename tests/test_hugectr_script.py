@@ -62,12 +62,15 @@ def _calls(log: Path, name: str) -> list[dict[str, Any]]:
     return [c for c in json.loads(log.read_text()) if c["call"] == name]
 
 
+BUILD_OPTIONS = nb.TrainOptions(batch_size=64, mlp=(8, 4), emb_dim=12)  # none the default
+
+
 def _build(etl: Any) -> list[dict[str, Any]]:
     _, etl_dir, schema = etl
     hugectr_standin.CALLS.clear()
     sources = {p: str(etl_dir / p / "_file_list.txt") for p in ("train", "valid", "test")}
     sparse = {m: str(etl_dir / i["sparse_model"]) for m, i in schema["pretrained"].items()}
-    nb.build_model(hugectr_standin, schema, sources, sparse, nb.TrainOptions(batch_size=64))
+    nb.build_model(hugectr_standin, schema, sources, sparse, BUILD_OPTIONS)
     return list(hugectr_standin.CALLS)
 
 
@@ -90,12 +93,15 @@ def test_model_is_built_from_the_schema(etl: Any) -> None:
     embeddings = {e["sparse_embedding_name"]: e for e in added if e["kind"] == "SparseEmbedding"}
     for m, info in schema["pretrained"].items():
         assert embeddings[f"{m}_table"]["embedding_vec_size"] == info["dim"]
+    trainable = {n: e for n, e in embeddings.items()
+                 if n not in {f"{m}_table" for m in schema["pretrained"]}}
+    assert trainable and {e["embedding_vec_size"] for e in trainable.values()} == {12}
     for name, emb in embeddings.items():
         reshape = next(a for a in added if a.get("bottom_names") == [name])
         slots = params[emb["bottom_name"]]["slot_num"]
         assert reshape["leading_dim"] == emb["embedding_vec_size"] * slots
     assert [a["num_output"] for a in added if a.get("layer_type") == "Layer_t.InnerProduct"] == \
-        [*nb.TrainOptions().mlp, 1]
+        [8, 4, 1]
     assert added[-1]["layer_type"] == "Layer_t.BinaryCrossEntropyLoss"
     order = [c["call"] for c in calls]
     loaded = calls[order.index("Model.load_sparse_weights")]["sparse_embedding_files"]
@@ -143,6 +149,10 @@ def test_run_evaluates_whole_sets_snapshots_and_streams_the_log(
     assert fit["snapshot"] == 0
     (solver,) = _calls(standin_path, "CreateSolver")
     assert solver["repeat_dataset"] is True
+    layers = [next(v for k, v in c.items() if k != "call")
+              for c in _calls(standin_path, "Model.add")]  # run's options reached the script
+    assert [a["num_output"] for a in layers if a.get("layer_type") == "Layer_t.InnerProduct"] \
+        == [8, 4, 1]
     assert solver["max_eval_batches"] * 64 >= schema["rows"]["valid"] > \
         (solver["max_eval_batches"] - 1) * 64  # every validation row, each evaluation
     (saved,) = _calls(standin_path, "Model.save_params_to_files")
@@ -170,6 +180,10 @@ def test_launcher_runs_after_the_data_volume_moved(etl: Any, standin_path: Path,
     moved = tmp_path / "mounted" / "elsewhere"
     shutil.move(str(cfg.data_dir), str(moved))
     launcher = moved / script.resolve().relative_to(old_root)
+    stale = sorted(launcher.parent.glob("*_predictions.npy"))  # the relaunch must write anew
+    assert [p.name for p in stale] == ["test_predictions.npy", "valid_predictions.npy"]
+    for p in stale:
+        p.unlink()
     proc = subprocess.run([sys.executable, str(launcher)], capture_output=True, text=True,
                           check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
