@@ -41,6 +41,14 @@ def test_every_artifact_names_a_notebook_of_the_series() -> None:
                 assert art.notebook(modality=m).startswith(stage)
 
 
+def test_contract_by_stage_lists_every_artifact_once() -> None:
+    listed = artifacts.by_stage()
+    assert list(listed) == sorted(listed) and "03" not in listed and "04" not in listed
+    assert "features/{modality}_embeddings.npy" in listed["03/04"]
+    assert sorted(p for paths in listed.values() for p in paths) == \
+        sorted(a.relpath for a in artifacts.ARTIFACTS.values())
+
+
 def test_require_names_the_notebook(tmp_path: Path) -> None:
     cfg = Config(data_dir=tmp_path)
     with pytest.raises(MissingArtifactError, match="01-Download-Convert"):

@@ -199,6 +199,16 @@ _ARTIFACTS = [
 ARTIFACTS: dict[str, Artifact] = {a.name: a for a in _ARTIFACTS}
 
 
+def by_stage() -> dict[str, list[str]]:
+    """The contract as ``{stage: [relpath, ...]}`` in stage order; the 03/04 feature artifacts
+    (one per modality) are listed under ``03/04``."""
+    grouped: dict[str, list[str]] = {}
+    for art in ARTIFACTS.values():
+        stages = "/".join(sorted({art.stage_for(modality=m) for m in MODALITIES}))
+        grouped.setdefault(stages, []).append(art.relpath)
+    return dict(sorted(grouped.items()))
+
+
 def path(cfg: Config, name: str, **fmt: str) -> Path:
     """Path of the artifact ``name`` (see ``ARTIFACTS``)."""
     return ARTIFACTS[name].path(cfg, **fmt)
