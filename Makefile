@@ -22,7 +22,8 @@ NOTEBOOKS := $(sort $(wildcard [0-9][0-9]-*.ipynb))
 # The notebooks as the series' users test them: nbmake, in order, sample settings from the environment.
 NBMAKE_DATA ?= $(RUNS)/nbmake/data
 NBMAKE_ENV  := MMLENS_DATA_DIR=$(abspath $(NBMAKE_DATA)) MMLENS_DATASET=sample \
-	MMLENS_SAMPLE_PROFILE=small MMLENS_PROTOCOL_SEEDS=1 MMLENS_PROTOCOL_EPOCHS=1 TQDM_MININTERVAL=5
+	MMLENS_SAMPLE_PROFILE=small MMLENS_PROTOCOL_SEEDS=1 MMLENS_PROTOCOL_EPOCHS=1 \
+	MMLENS_PROTOCOL_SOURCES=title+genres+tags TQDM_MININTERVAL=5
 
 .PHONY: install demo test lint unit notebooks-test notebooks bench lock clean export
 

@@ -95,7 +95,8 @@ def test_baselines_read_the_readme_table(tmp_path: Path) -> None:
     assert table["warm"].tolist() == [0.7311, 0.8179] and table["cold"].dtype == float
 
 
-def test_seed_range_and_epoch_cap_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_seed_range_epoch_cap_and_text_sources_read_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(protocol.SEEDS_ENV, raising=False)
     monkeypatch.delenv(protocol.EPOCHS_ENV, raising=False)
     assert protocol.seed_range() == (1, 2, 3) and protocol.epoch_cap() is None
@@ -103,6 +104,14 @@ def test_seed_range_and_epoch_cap_read_the_environment(monkeypatch: pytest.Monke
     monkeypatch.setenv(protocol.EPOCHS_ENV, "2")
     assert protocol.seed_range() == (1,) and protocol.epoch_cap() == 2
     assert protocol.seed_range(2) == (1, 2) and protocol.epoch_cap(5) == 5
+    monkeypatch.delenv(protocol.SOURCES_ENV, raising=False)
+    assert protocol.text_sources() == protocol.TEXT_SOURCES
+    monkeypatch.setenv(protocol.SOURCES_ENV, " generated-synopsis, title+genres,title+genres ")
+    assert protocol.text_sources() == ("generated-synopsis", "title+genres")
+    assert protocol.text_sources(("synopsis",)) == ("synopsis",)  # the CLI's -o sources=(...)
+    for bad in ("plot", ",", ("title",)):
+        with pytest.raises(UserError, match="text sources must be among"):
+            protocol.text_sources(bad)
     with pytest.raises(ValueError, match="at least one seed"):
         protocol.seed_range(0)
     with pytest.raises(ValueError, match="text source"):
@@ -185,6 +194,31 @@ def test_comparison_lifts_and_gaps() -> None:
     assert gaps.loc["warm", "gap"] == pytest.approx(0.83 - 0.81)
     assert gaps.loc["cold", "ens_gap"] == pytest.approx(0.73 - 0.75)
     assert gaps.loc["cold", "chosen"] == "text, 64 dims"
+    no_tags = protocol.against_baselines(summary[summary["text"] == "title+genres"], base)
+    assert no_tags.empty and no_tags.columns.tolist() == gaps.reset_index().columns.tolist()
+
+
+def test_run_on_real_synopses_alone_prints_every_table(tmp_path: Path, capsys,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m mmlens 10 -o sources="('synopsis',)"``: a run without the baselines' text."""
+    from mmlens._nb import real_data_protocol
+
+    seen: dict[str, object] = {}
+
+    def trained(work_dir: Path, datasets: Path, seeds: tuple[int, ...], **kw: object):
+        seen.update(seeds=seeds, **kw)
+        rows = _summary()
+        return rows[rows["text"] == "title+genres"].assign(text=protocol.SYNOPSIS)
+
+    monkeypatch.setattr(real_data_protocol, "run_protocol", trained)
+    monkeypatch.setenv(protocol.SOURCES_ENV, "title+genres+tags")  # the argument wins
+    cfg = Config(data_dir=tmp_path, dataset=protocol.RELEASE_DIR)
+    summary = protocol.run(cfg, seeds=1, epochs=1, sources=(protocol.SYNOPSIS,))
+    assert seen["sources"] == (protocol.SYNOPSIS,) and seen["seeds"] == (1,)
+    assert seen["epochs"] == 1 and set(summary["text"]) == {protocol.SYNOPSIS}
+    out = capsys.readouterr().out
+    assert "text: synopsis" in out and "not in this run" in out
+    assert (tmp_path / "protocol" / protocol.METRICS_FILE).is_file()
 
 
 def test_choice_steps_show_each_comparison_and_its_noise() -> None:
